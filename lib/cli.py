@@ -1,0 +1,115 @@
+"""The flags every script shares (accelerate-example names) and the per-dataset defaults.
+
+A flag left unset takes its dataset's default below: `digits` is a CPU-sized demo; `cifar100` is the paper's
+setup (BYOL ResNet-50 -> CIFAR-100, thesis section 3 and the reference code's configs).
+"""
+import argparse
+import math
+import os
+
+from .errors import check
+
+DATASET_DEFAULTS = {
+    "digits": dict(
+        arch="resnet_mini",       # CPU-sized ResNet with ResNet-50's stage structure
+        augment="digits",         # random resized crops (scale 0.6-1) and +-10 degree rotations, no flips
+        image_size=16,            # digits are upsampled once from 8x8
+        labels_per_class=4,       # few labels: fine-tuning needs the pre-trained features (40 training images)
+        epochs=40,                # phase I (3 iterations per epoch)
+        lr=0.01,                  # phase I peak learning rate (chosen on 2 seeds x 4 checkpoints; see README)
+        weight_decay=5e-4,
+        batch_size=16,            # global batch over all processes
+        members=4,                # ensemble size M
+        cycle_lr=0.02,            # 2x phase I, the paper's optimal ratio
+        cycle_epochs=20,          # 0.5x phase I, the paper's optimal ratio
+        num_workers=0,            # in-memory tensors: workers would only add start-up time
+        eval_batch_size=1024,
+    ),
+    "cifar100": dict(
+        arch="resnet50",
+        augment="reference",      # RandomResizedCrop 224 + flip; test Resize 256 + CenterCrop 224; ImageNet mean/std
+        image_size=224,
+        labels_per_class=None,
+        epochs=25,                # phase I: the paper's optimal single-model schedule
+        lr=0.05,
+        weight_decay=1e-4,
+        batch_size=256,
+        members=5,
+        cycle_lr=0.1,             # thesis optimum for SSE and StarSSE: 2x lr, 12-epoch cycles
+        cycle_epochs=12,
+        num_workers=8,
+        eval_batch_size=512,
+    ),
+}
+
+
+def base_parser(description):
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS), default="digits",
+                   help="fine-tuning task (default: digits, the embedded default that ships with scikit-learn)")
+    d.add_argument("--data_dir", default=None, help="cifar100: folder holding cifar-100-python/")
+    d.add_argument("--download", action="store_true", help="cifar100: download into --data_dir if missing")
+    d.add_argument("--augment", default=None, help="digits: digits; cifar100: reference (default) or cifar")
+    d.add_argument("--image_size", type=int, default=None, help="training crop size for --augment reference (224)")
+    d.add_argument("--labels_per_class", type=int, default=None, help="digits: labelled images per class (4)")
+    d.add_argument("--num_workers", type=int, default=None, help="DataLoader workers per process")
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", default=None, help="resnet50 | resnet18 | resnet_mini (dataset default)")
+    m.add_argument("--pretrained", nargs="+", default=None,
+                   help="pre-trained checkpoint(s) (.pt/.pth/.safetensors); 'scratch' for random initialisation; "
+                        "digits default: the embedded BYOL checkpoint of seed 0, created once if missing")
+    o = p.add_argument_group("optimisation (SGD with momentum; cosine schedules)")
+    o.add_argument("--epochs", type=int, default=None, help="phase I epochs (fine-tuning model 1 / a DE member)")
+    o.add_argument("--lr", type=float, default=None, help="phase I peak learning rate")
+    o.add_argument("--weight_decay", type=float, default=None)
+    o.add_argument("--momentum", type=float, default=0.9)
+    o.add_argument("--batch_size", type=int, default=None, help="global batch size (split over processes)")
+    o.add_argument("--eval_batch_size", type=int, default=None)
+    o.add_argument("--lr_granularity", choices=["epoch", "iteration"], default="epoch",
+                   help="cosine stepped once per epoch (reference code) or every iteration")
+    e = p.add_argument_group("ensemble")
+    e.add_argument("--members", type=int, default=None, help="ensemble size M")
+    e.add_argument("--cycle_lr", type=float, default=None, help="learning rate at the start of cycles 2..M")
+    e.add_argument("--cycle_epochs", type=int, default=None, help="epochs of each cycle 2..M")
+    e.add_argument("--seed", type=int, default=0, help="member i's randomness is seeded from (seed, i)")
+    r = p.add_argument_group("run")
+    r.add_argument("--output_dir", default=None, help="run directory (default runs/<method>/<dataset>-seed<seed>)")
+    r.add_argument("--cache_dir", default="runs/cache",
+                   help="shared phase-I / fine-tune cache and the embedded pre-trained checkpoints")
+    r.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no",
+                   help="GPU only in practice: on CPU fp16 is ignored by accelerate and bf16 is very slow")
+    r.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    r.add_argument("--with_tracking", action="store_true", help="log to TensorBoard in <output_dir>/tensorboard")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def slug(method):
+    return method.lower().replace(" ", "_").replace("(", "").replace(")", "")
+
+
+def finalize(args, method):
+    """Fill dataset defaults, check values, and set args.method. Returns args."""
+    for key, value in DATASET_DEFAULTS[args.dataset].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for key in ("epochs", "members", "cycle_epochs", "batch_size", "eval_batch_size", "image_size"):
+        check(getattr(args, key) > 0, f"--{key} must be positive, got {getattr(args, key)}")
+    for key in ("lr", "cycle_lr", "weight_decay", "momentum"):
+        value = getattr(args, key)
+        check(math.isfinite(value) and value >= 0, f"--{key} must be a non-negative number, got {value}")
+    check(args.lr > 0, f"--lr must be positive, got {args.lr}")
+    check(args.num_workers >= 0, f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.dataset == "cifar100" and not args.download:
+        check(args.data_dir is not None, "--data_dir is required for --dataset cifar100 (the folder holding cifar-100-python/)")
+        check(os.path.isdir(args.data_dir), f"data directory not found: {args.data_dir}")
+    args.method = method
+    if args.output_dir is None:
+        args.output_dir = os.path.join("runs", slug(method), f"{args.dataset}-seed{args.seed}")
+    return args
+
+
+def run_config(args):
+    """What goes into config.json: every argument (paths as given)."""
+    return {k: v for k, v in sorted(vars(args).items())}

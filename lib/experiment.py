@@ -1,0 +1,199 @@
+"""An experiment: the accelerator, the task's data, the run directory, and the two ways a member is made.
+
+    exp = Experiment(args, "StarSSE")
+    w1 = exp.finetune(1)              # phase I: fine-tune the pre-trained checkpoint (cached, shared by all methods)
+    for i in range(2, M + 1):
+        exp.cycle(i, init=w1)         # a cosine cycle restarted at cycle_lr from the given weights
+    exp.finish()                      # metrics.json and the results table
+
+Every member is resumable: a finished member is read back from disk, an unfinished one resumes at its last epoch.
+"""
+import hashlib
+import json
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+from . import metrics
+from .cli import finalize, run_config, slug
+from .data import load_task, test_loader
+from .errors import UserError, check
+from .models import build_model, file_digest, match_state_dict, read_checkpoint
+from .runs import RunDir, link_or_copy, load_json, load_weights, run_summary, save_array, save_json, save_weights
+from .schedules import member_schedule
+from .train import fit, make_accelerator, predict, seed_for
+
+HEAD_STREAM = 7  # seed stream of a fresh head: (seed, member, HEAD_STREAM)
+
+
+class Experiment:
+    def __init__(self, args, method, max_checkpoints=1):
+        self.args, self.method = finalize(args, method), method
+        self.accelerator = acc = make_accelerator(args)
+        self.checkpoints = self._resolve_pretrained(max_checkpoints)
+        self.data = load_task(args)
+        self.run = RunDir(args.output_dir, run_config(args), is_main=acc.is_main_process)
+        acc.wait_for_everyone()
+        if args.with_tracking:
+            acc.init_trackers(slug(method), config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                    for k, v in run_config(args).items()})
+        if acc.is_main_process:
+            save_array(self.run.file("labels.npy"), self.data.test_labels)
+        per_process = math.ceil(len(self.data.train) / acc.num_processes)
+        self.iters = math.ceil(per_process / (args.batch_size // acc.num_processes))  # training iterations per epoch
+        self.test_loader = test_loader(self.data.test, args.eval_batch_size, min(args.num_workers, 4))
+        self.weights = {}  # member -> state dict
+
+    # ------------------------------------------------------------------------------------------------------------
+    # pre-trained checkpoints
+
+    def _resolve_pretrained(self, max_checkpoints):
+        args, acc = self.args, self.accelerator
+        paths = args.pretrained
+        if paths is None:
+            check(args.dataset == "digits", f"--pretrained is required for --dataset {args.dataset} "
+                                            f"(e.g. a BYOL ResNet-50 checkpoint such as byol-1000ep-1.pt)")
+            from .pretrain import default_checkpoint, pretrain_digits
+            path = default_checkpoint(args.cache_dir, 0)
+            if acc.is_main_process and not os.path.exists(path):
+                acc.print(f"creating the embedded pre-trained checkpoint {path} (once)")
+                pretrain_digits(path, seed=0)
+            acc.wait_for_everyone()
+            paths = [path]
+        check(len(paths) <= max_checkpoints,
+              f"--pretrained takes {max_checkpoints} checkpoint(s) here, got {len(paths)}")
+        model = build_model(args.arch, 10)
+        for p in paths:  # fail now, before anything is written, if a checkpoint is missing or does not fit
+            if p != "scratch":
+                match_state_dict(read_checkpoint(p), model, source=f"checkpoint {p}")
+        return list(paths)
+
+    def _init_model(self, checkpoint, member):
+        """`arch` with the checkpoint's backbone and a fresh head seeded from (seed, member)."""
+        torch.manual_seed(seed_for(self.args.seed, member, HEAD_STREAM))
+        model = build_model(self.args.arch, self.data.num_classes)
+        if checkpoint != "scratch":
+            model.load_state_dict(match_state_dict(read_checkpoint(checkpoint), model), strict=False)
+        return model
+
+    # ------------------------------------------------------------------------------------------------------------
+    # members
+
+    def finetune(self, member, checkpoint=None):
+        """Member `member` fine-tuned from a pre-trained checkpoint with the phase-I schedule (phase I, a Local DE
+        member, a Global DE member). Cached in cache_dir by (checkpoint, seed, member, phase-I hyper-parameters),
+        so SSE, StarSSE, Local DE and every variant train it once."""
+        args, acc = self.args, self.accelerator
+        checkpoint = checkpoint or self.checkpoints[0]
+        if self.run.done(member):
+            return self._load_member(member)
+        key = {"checkpoint": "scratch" if checkpoint == "scratch" else file_digest(checkpoint), "member": member,
+               **{k: getattr(args, k) for k in ("dataset", "labels_per_class", "augment", "image_size", "arch", "seed",
+                                                 "epochs", "lr", "weight_decay", "momentum", "batch_size",
+                                                 "lr_granularity", "mixed_precision")}}
+        cache = RunDir(os.path.join(args.cache_dir, "finetune",
+                                    hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]),
+                       key, is_main=acc.is_main_process)
+        acc.wait_for_everyone()
+        if not cache.done(1):
+            model = self._init_model(checkpoint, member)
+            self._train(cache, 1, model, member_schedule(args, 1, self.iters), args.epochs, seed_for(args.seed, member),
+                        init=f"pretrained:{checkpoint}", step_offset=self._step_offset(member, finetune=True),
+                        desc=f"member {member} (fine-tune)")
+        if acc.is_main_process:
+            for src, dst in [(cache.weights(1), self.run.weights(member)), (cache.probs(1), self.run.probs(member))]:
+                link_or_copy(src, dst)
+            save_json(self.run.record(member), dict(load_json(cache.record(1)), member=member, cached=cache.path))
+        acc.wait_for_everyone()
+        return self._load_member(member)
+
+    def cycle(self, member, init, loss_terms=None, taps=(), prepare=None):
+        """Member `member`: a cosine cycle from cycle_lr to 0 over cycle_epochs, starting from weights `init`,
+        with a fresh optimizer (momentum reset). `loss_terms`/`taps`: extra loss terms (lib.train.fit).
+        `prepare(model)` may freeze parts of the model and returns the parameters to train (or None for all)."""
+        args = self.args
+        if self.run.done(member):
+            return self._load_member(member)
+        model = build_model(args.arch, self.data.num_classes)
+        model.load_state_dict(init)
+        params = prepare(model) if prepare else None
+        self._train(self.run, member, model, member_schedule(args, member, self.iters), args.cycle_epochs,
+                    seed_for(args.seed, member), init="given weights", loss_terms=loss_terms, taps=taps,
+                    params=params, step_offset=self._step_offset(member), desc=f"member {member} (cycle)")
+        return self._load_member(member)
+
+    def _train(self, run, slot, model, lrs, epochs, seed, init, step_offset, desc, **fit_kwargs):
+        acc = self.accelerator
+        t0 = time.time()
+        total_params = sum(p.numel() for p in model.parameters())
+        model, history, _ = fit(acc, model, self.data.train, self.args, lrs, epochs, seed, run.resume(slot),
+                                member=slot, step_offset=step_offset, desc=desc, **fit_kwargs)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        probs = predict(acc, model, self.test_loader)
+        if acc.is_main_process:
+            save_weights(run.weights(slot), model.state_dict())
+            save_array(run.probs(slot), probs)
+            epoch_seconds = [h["seconds"] for h in history]
+            save_json(run.record(slot), {
+                "init": init, "epochs": epochs, "lr_start": float(lrs[0]),
+                "seconds": time.time() - t0, "seconds_per_epoch": float(np.mean(epoch_seconds)) if history else None,
+                "trainable_params": trainable, "total_params": total_params,
+                "trainable_fraction": trainable / total_params,
+                "test_accuracy": metrics.accuracy(probs, self.data.test_labels), "history": history})
+            if os.path.exists(run.resume(slot)):
+                os.remove(run.resume(slot))
+        acc.wait_for_everyone()
+
+    def _step_offset(self, member, finetune=False):
+        """TensorBoard step of a member's first iteration (members laid end to end)."""
+        a = self.args
+        if finetune:
+            return (member - 1) * a.epochs * self.iters
+        return (a.epochs + (member - 2) * a.cycle_epochs) * self.iters
+
+    def _load_member(self, member):
+        if member not in self.weights:
+            self.weights[member] = load_weights(self.run.weights(member))
+            self._report_member(member)
+        return self.weights[member]
+
+    def _report_member(self, member):
+        probs = self.run.load_probs(member)
+        labels = self.data.test_labels
+        acc_i = metrics.accuracy(probs[-1], labels)
+        ens = metrics.ensemble_accuracy(probs, labels)
+        self.accelerator.print(f"[{self.method}] member {member}/{self.args.members}: test acc {acc_i:.2f} % | "
+                               f"ensemble of {member}: {ens:.2f} %")
+        if self.args.with_tracking:
+            log = {f"test/member_{member}_acc": acc_i, f"test/ensemble_acc": ens}
+            if member > 1:
+                log["test/diversity"] = metrics.diversity(probs, labels)
+            self.accelerator.log(log, step=member)
+
+    # ------------------------------------------------------------------------------------------------------------
+
+    def finish(self):
+        """Compute metrics.json from the saved probabilities and print the results."""
+        acc, args = self.accelerator, self.args
+        n = self.run.completed_members()
+        check(n >= 1, f"no finished member in {self.run.path}")
+        result = run_summary(self.run, self.run.load_probs(n), self.data.test_labels, self.run.config)
+        if acc.is_main_process:
+            save_json(self.run.file("metrics.json"), result)
+        if args.with_tracking:
+            acc.log({f"test/ensemble_acc_size_{k + 1}": v for k, v in enumerate(result["ensemble_accuracy_by_size"])})
+            acc.end_training()
+        acc.print(format_result(result))
+        acc.wait_for_everyone()
+        return result
+
+
+def format_result(r):
+    members = " ".join(f"{a:.2f}" for a in r["member_accuracy"])
+    by_size = " ".join(f"{a:.2f}" for a in r["ensemble_accuracy_by_size"])
+    return (f"[{r['method']}] {r['members']} members | member acc {members} (avg {r['avg_member_accuracy']:.2f}) | "
+            f"diversity {r['diversity']:.2f} | ensemble acc by size {by_size} | "
+            f"NLL {r['nll']:.4f} ECE {r['ece']:.4f} Brier {r['brier']:.4f}")

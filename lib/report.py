@@ -1,0 +1,109 @@
+"""Results tables and plots across runs: groups runs by method, mean +- std (ddof=1, the sample std) over runs."""
+import csv
+import os
+
+import numpy as np
+
+from .runs import find_run_dirs, load_json
+
+# the thesis' row order; other methods follow alphabetically
+METHOD_ORDER = ["Scratch", "Scratch DE", "Fine-tune", "Local DE", "Global DE", "SSE", "StarSSE"]
+DDOF = 1  # sample standard deviation over runs
+COLUMNS = [("avg_member_accuracy", "avg. acc."), ("diversity", "div."), ("ensemble_accuracy", "ens. acc."),
+           ("nll", "NLL"), ("ece", "ECE")]
+
+
+def load_runs(paths, group_by=("method",)):
+    """[(group label, run dir, config, metrics)] for every finished run under `paths`."""
+    runs = []
+    for d in find_run_dirs(paths):
+        cfg, met = load_json(os.path.join(d, "config.json")), load_json(os.path.join(d, "metrics.json"))
+        label = " ".join([str(cfg.get(group_by[0]))] + [f"{k}={cfg.get(k)}" for k in group_by[1:]])
+        runs.append((label, d, cfg, met))
+    return runs
+
+
+def _order(label):
+    name = label.split(" ")[0] if label.split(" ")[0] in METHOD_ORDER else label
+    return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), label)
+
+
+def mean_std(values):
+    values = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    if len(values) == 0:
+        return float("nan"), float("nan")
+    return float(values.mean()), float(values.std(ddof=DDOF)) if len(values) > 1 else float("nan")
+
+
+def summarize_groups(runs):
+    """{label: {column: (mean, std), 'runs': n, 'by_size': (mean curve), 'member_acc': (mean curve)}}."""
+    groups = {}
+    for label, _d, _cfg, met in runs:
+        groups.setdefault(label, []).append(met)
+    out = {}
+    for label in sorted(groups, key=_order):
+        mets = groups[label]
+        row = {key: mean_std([m[key] for m in mets]) for key, _ in COLUMNS}
+        row["runs"] = len(mets)
+        row["members"] = sorted({m["members"] for m in mets})
+        n = min(m["members"] for m in mets)  # curves over the sizes every run has
+        row["by_size"] = np.mean([m["ensemble_accuracy_by_size"][:n] for m in mets], axis=0).tolist()
+        row["member_acc"] = np.mean([m["member_accuracy"][:n] for m in mets], axis=0).tolist()
+        fracs = [np.mean(m.get("member_seconds", [np.nan])) for m in mets]
+        row["seconds_per_member"] = mean_std(fracs)
+        out[label] = row
+    return out
+
+
+def fmt(ms, digits=2):
+    m, s = ms
+    if not np.isfinite(m):
+        return "-"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if np.isfinite(s) else f"{m:.{digits}f}"
+
+
+def markdown_table(summary):
+    head = "| Algorithm | runs | M | " + " | ".join(name for _, name in COLUMNS) + " |"
+    sep = "|" + "---|" * (len(COLUMNS) + 3)
+    lines = [head, sep]
+    for label, row in summary.items():
+        digits = {"nll": 3, "ece": 3}
+        cells = [fmt(row[key], digits.get(key, 2)) for key, _ in COLUMNS]
+        lines.append(f"| {label} | {row['runs']} | {'/'.join(map(str, row['members']))} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"mean ± std over runs (std with ddof={DDOF}; a single run shows its value). Accuracy and diversity "
+                 f"in %, diversity = 100 * mean over member pairs of disagreement / max(err1, err2); NLL in nats; "
+                 f"ECE as a fraction (15 bins).")
+    return "\n".join(lines)
+
+
+def write_csv(path, runs):
+    fields = ["group", "run_dir", "method", "seed", "members", "avg_member_accuracy", "diversity",
+              "ensemble_accuracy", "nll", "ece", "brier", "member_accuracy", "ensemble_accuracy_by_size"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for label, d, cfg, met in runs:
+            w.writerow({"group": label, "run_dir": d, "method": cfg.get("method"), "seed": cfg.get("seed"),
+                        **{k: met.get(k) for k in fields[4:-2]},
+                        "member_accuracy": " ".join(f"{a:.4f}" for a in met["member_accuracy"]),
+                        "ensemble_accuracy_by_size": " ".join(f"{a:.4f}" for a in met["ensemble_accuracy_by_size"])})
+
+
+def plot_curves(summary, key, ylabel, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, row in summary.items():
+        ys = row[key]
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", label=f"{label} ({row['runs']} runs)")
+    ax.set_xlabel("ensemble size" if key == "by_size" else "member index")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)

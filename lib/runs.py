@@ -1,0 +1,167 @@
+"""Runs on disk: one directory per experiment; every file written to a temporary name, then renamed.
+
+    <output_dir>/config.json            the arguments (a re-run with other arguments is refused)
+    <output_dir>/member_<i>.safetensors  member i's weights (BatchNorm buffers included), written when its cycle ends
+    <output_dir>/member_<i>_probs.npy    member i's test-set probabilities (samples, classes), float32
+    <output_dir>/member_<i>.json         member i's record (epochs, seconds, trainable fraction, accuracy)
+    <output_dir>/member_<i>.resume.pt    the member being trained: weights, optimizer, next epoch (deleted when done)
+    <output_dir>/labels.npy              test labels in the order of the probabilities
+    <output_dir>/metrics.json            lib.metrics.summarize of all members
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+
+from .errors import UserError, check
+
+# arguments that do not change any result, so a re-run may change them
+NON_RESULT_ARGS = {"with_tracking", "num_workers", "output_dir", "cache_dir", "data_dir", "download", "cpu",
+                   "eval_batch_size", "quiet"}
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write(path, write_fn):
+    """write_fn(tmp_path) writes the file; it then replaces `path` in one rename (never a half-written file)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_json(path, obj):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+    atomic_write(path, write)
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def save_weights(path, state_dict):
+    from safetensors.torch import save_file
+    state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    atomic_write(path, lambda tmp: save_file(state, tmp))
+
+
+def load_weights(path):
+    from safetensors.torch import load_file
+    return load_file(path, device="cpu")
+
+
+def save_array(path, array):
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array))
+    atomic_write(path, write)
+
+
+def save_torch(path, obj):
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def link_or_copy(src, dst):
+    """Put `src` at `dst` (hard link where the file system allows, else a copy), atomically."""
+    def write(tmp):
+        os.remove(tmp)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    atomic_write(dst, write)
+
+
+def config_diff(old, new):
+    keys = (set(old) | set(new)) - NON_RESULT_ARGS
+    return sorted(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+
+
+class RunDir:
+    """The directory of one experiment. Only the main process writes; every process may read."""
+
+    def __init__(self, path, config, is_main=True):
+        self.path, self.is_main = path, is_main
+        cfg_path = os.path.join(path, "config.json")
+        if os.path.exists(cfg_path):
+            try:
+                old = load_json(cfg_path)
+            except (OSError, ValueError) as e:
+                raise UserError(f"{cfg_path} is unreadable ({e}); move it away or choose another --output_dir")
+            diff = config_diff(old, config)
+            check(not diff, f"--output_dir {path} holds a different run ({'; '.join(diff[:4])}); "
+                            f"re-run with the same arguments to resume, or choose another --output_dir")
+        elif os.path.isdir(path) and any(f.startswith("member_") for f in os.listdir(path)):
+            raise UserError(f"--output_dir {path} holds member files but no config.json; choose another --output_dir")
+        if is_main:
+            os.makedirs(path, exist_ok=True)
+            if not os.path.exists(cfg_path):
+                save_json(cfg_path, config)
+        self.config = config
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def weights(self, i):
+        return self.file(f"member_{i}.safetensors")
+
+    def probs(self, i):
+        return self.file(f"member_{i}_probs.npy")
+
+    def record(self, i):
+        return self.file(f"member_{i}.json")
+
+    def resume(self, i):
+        return self.file(f"member_{i}.resume.pt")
+
+    def done(self, i):
+        return all(os.path.exists(f) for f in (self.weights(i), self.probs(i), self.record(i)))
+
+    def completed_members(self):
+        i = 0
+        while self.done(i + 1):
+            i += 1
+        return i
+
+    def load_probs(self, members=None):
+        n = self.completed_members() if members is None else members
+        return np.stack([np.load(self.probs(i)) for i in range(1, n + 1)])
+
+
+def find_run_dirs(paths):
+    """Run directories among `paths` and below them (a sweep's output root works too)."""
+    found = []
+    for p in paths:
+        check(os.path.isdir(p), f"not a directory: {p}")
+        for root, _dirs, files in os.walk(p):
+            if "config.json" in files and "metrics.json" in files:
+                found.append(root)
+    return sorted(found)
+
+
+def run_summary(run, probs, labels, config):
+    """metrics.json of a run: lib.metrics.summarize plus what the report needs from the config and member records."""
+    from . import metrics
+    result = metrics.summarize(probs, labels)
+    records = [load_json(run.record(i)) for i in range(1, len(probs) + 1)]
+    result.update(method=config["method"], seed=config["seed"], dataset=config["dataset"],
+                  member_seconds=[r["seconds"] for r in records],
+                  member_seconds_per_epoch=[r["seconds_per_epoch"] for r in records],
+                  member_trainable_fraction=[r["trainable_fraction"] for r in records])
+    return result
