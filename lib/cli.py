@@ -77,8 +77,9 @@ def base_parser(description):
     r.add_argument("--output_dir", default=None, help="run directory (default runs/<method>/<dataset>-seed<seed>)")
     r.add_argument("--cache_dir", default="runs/cache",
                    help="shared phase-I / fine-tune cache and the embedded pre-trained checkpoints")
-    r.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no",
-                   help="GPU only in practice: on CPU fp16 is ignored by accelerate and bf16 is very slow")
+    r.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="default: the accelerate launch config's, else no. GPU only in practice: on CPU accelerate "
+                        "ignores fp16 and bf16 is very slow")
     r.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     r.add_argument("--with_tracking", action="store_true", help="log to TensorBoard in <output_dir>/tensorboard")
     r.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -33,6 +33,7 @@ class Experiment:
     def __init__(self, args, method, max_checkpoints=1):
         self.args, self.method = finalize(args, method), method
         self.accelerator = acc = make_accelerator(args)
+        args.mixed_precision = acc.mixed_precision  # as resolved from the flag or the launch config
         self.checkpoints = self._resolve_pretrained(max_checkpoints)
         self.data = load_task(args)
         self.run = RunDir(args.output_dir, run_config(args), is_main=acc.is_main_process)
@@ -161,15 +162,17 @@ class Experiment:
         return self.weights[member]
 
     def _report_member(self, member):
-        probs = self.run.load_probs(member)
+        """Print (and log) member `member`'s accuracy and that of the ensemble of the members finished so far."""
+        present = [i for i in range(1, member + 1) if os.path.exists(self.run.probs(i))]
+        probs = np.stack([np.load(self.run.probs(i)) for i in present])
         labels = self.data.test_labels
         acc_i = metrics.accuracy(probs[-1], labels)
         ens = metrics.ensemble_accuracy(probs, labels)
         self.accelerator.print(f"[{self.method}] member {member}/{self.args.members}: test acc {acc_i:.2f} % | "
-                               f"ensemble of {member}: {ens:.2f} %")
+                               f"ensemble of {len(present)}: {ens:.2f} %")
         if self.args.with_tracking:
-            log = {f"test/member_{member}_acc": acc_i, f"test/ensemble_acc": ens}
-            if member > 1:
+            log = {f"test/member_{member}_acc": acc_i, "test/ensemble_acc": ens}
+            if len(present) > 1:
                 log["test/diversity"] = metrics.diversity(probs, labels)
             self.accelerator.log(log, step=member)
 

@@ -100,7 +100,9 @@ def read_checkpoint(path):
         else:
             try:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
-            except pickle.UnpicklingError:
+            except pickle.UnpicklingError as e:
+                if "Unsupported global" not in str(e):
+                    raise
                 # exports that also pickle configs/args objects; only load files you trust
                 print(f"warning: {path} holds non-tensor Python objects; loading it with full unpickling")
                 obj = torch.load(path, map_location="cpu", weights_only=False)

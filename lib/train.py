@@ -17,8 +17,9 @@ from .data import train_loader
 from .models import taps as stage_taps
 from .runs import save_torch
 
-# test hook: a process that set this exits abruptly (no clean-up, like a kill) after that many epochs
+# test hook: a process that set this exits abruptly (no clean-up, like a kill) after that many epochs in total
 EXIT_AFTER_EPOCHS = "ENS_TRANSFER_EXIT_AFTER_EPOCHS"
+_epochs_done_in_process = [0]
 
 
 def make_accelerator(args):
@@ -134,14 +135,15 @@ def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
         if args.with_tracking:
-            accelerator.log({f"train/{k}": v for k, v in record.items() if k != "epoch"},
+            accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"},
                             step=step_offset + (epoch + 1) * iters - 1)
         if accelerator.is_main_process:
             save_torch(resume_path, {"model": accelerator.unwrap_model(model).state_dict(),
                                      "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                                      "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None})
         accelerator.wait_for_everyone()
-        if exit_after and len(history) >= exit_after and epoch + 1 < epochs:
+        _epochs_done_in_process[0] += 1
+        if exit_after and _epochs_done_in_process[0] >= exit_after:
             os._exit(3)
     bar.close()
     model = accelerator.unwrap_model(model)

@@ -68,7 +68,8 @@ def main():
     result = run_summary(run, probs, labels, config)
     if is_main:
         save_json(run.file("metrics.json"), result)
-        print(format_result(result))
+        where = f" (predicted again on {acc.num_processes} process{'es' if acc.num_processes > 1 else ''})" if a.from_weights else ""
+        print(format_result(result) + where)
 
 
 if __name__ == "__main__":

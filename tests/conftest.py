@@ -1,0 +1,49 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+PY = sys.executable
+ACCELERATE = os.path.join(os.path.dirname(PY), "accelerate")
+
+
+def run_script(script, *args, env=None, cwd=REPO):
+    """Run scripts/<script> in a fresh process; returns CompletedProcess with text output."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run([PY, os.path.join(REPO, "scripts", script), *map(str, args)], capture_output=True,
+                          text=True, env=full_env, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    """A cache dir holding tiny embedded pre-trained checkpoints (1 BYOL epoch each) for seeds 0 and 1."""
+    from lib.pretrain import default_checkpoint, pretrain_digits
+    cache = tmp_path_factory.mktemp("cache")
+    for seed in (0, 1):
+        pretrain_digits(default_checkpoint(str(cache), seed), seed=seed, epochs=1, verbose=False)
+    return str(cache)
+
+
+@pytest.fixture
+def fresh_cache(cache_dir, tmp_path):
+    """A new cache dir holding only the pre-trained checkpoints (no cached fine-tunes)."""
+    def make(name="cache"):
+        import shutil
+        d = tmp_path / name
+        shutil.copytree(os.path.join(cache_dir, "pretrained"), d / "pretrained")
+        return str(d)
+    return make
+
+
+@pytest.fixture
+def tiny(cache_dir):
+    """Flags of a tiny but real run on the embedded default: 3 members, 2 phase-I epochs, 1-epoch cycles."""
+    return ["--cpu", "--quiet", "--epochs", "2", "--cycle_epochs", "1", "--members", "3", "--cache_dir", cache_dir]
+
+
+def parse(flags):
+    from lib.cli import base_parser
+    return base_parser("test").parse_args([str(f) for f in flags])

@@ -1,0 +1,67 @@
+"""Several processes on the CPU (DDP over gloo): evaluation sees each test sample once and matches one process.
+
+Note: `accelerate launch --cpu --num_processes 2` silently starts ONE process; two CPU processes need
+`--multi_gpu` with ACCELERATE_USE_CPU=true (or Accelerator(cpu=True), which our scripts use on CPU-only machines).
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from conftest import ACCELERATE, REPO, parse
+from lib.runs import load_json
+
+def _predict_digits(out):
+    import torch
+    from accelerate import Accelerator
+    from lib.data import load_digits_task, test_loader
+    from lib.models import build_model
+    from lib.train import predict
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    model = build_model("resnet_mini", 10)
+    task = load_digits_task(4)
+    probs = predict(acc, model, test_loader(task.test, batch_size=64))  # 540 = 8 x 64 + 28: uneven last batch
+    if acc.is_main_process:
+        np.save(out, np.concatenate([probs, np.full((len(probs), 1), acc.num_processes, np.float32)], 1))
+
+
+def _debug_launch(num_processes, out):
+    """accelerate's debug_launcher forks; run it in a fresh interpreter (forking a process whose OpenMP
+    threads are running, like pytest's after other tests, can deadlock)."""
+    code = (f"import sys; sys.path[:0] = [{REPO!r}, {os.path.join(REPO, 'tests')!r}]\n"
+            f"from accelerate import debug_launcher\nfrom test_distributed import _predict_digits\n"
+            f"debug_launcher(_predict_digits, args=({str(out)!r},), num_processes={num_processes})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return np.load(out)
+
+
+def test_two_process_prediction_equals_one_process(tmp_path):
+    two = _debug_launch(2, tmp_path / "two.npy")
+    one = _debug_launch(1, tmp_path / "one.npy")
+    assert two[0, -1] == 2 and one[0, -1] == 1
+    assert two.shape == one.shape == (540, 11)  # each test sample exactly once, in order
+    assert np.allclose(two[:, :10], one[:, :10], atol=1e-6)
+
+
+def test_accelerate_launch_two_processes_gives_the_same_evaluation(tmp_path, tiny):
+    from lib.experiment import Experiment
+    exp = Experiment(parse(tiny + ["--members", "2", "--output_dir", tmp_path / "run"]), "Local DE")
+    exp.finetune(1), exp.finetune(2)
+    one = exp.finish()
+    before = [np.load(exp.run.probs(i)) for i in (1, 2)]
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    r = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no",
+                        os.path.join(REPO, "scripts", "evaluate.py"), str(tmp_path / "run"), "--from_weights"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "on 2 processes" in r.stdout
+    two = load_json(tmp_path / "run" / "metrics.json")
+    for i in (1, 2):
+        assert np.allclose(np.load(exp.run.probs(i)), before[i - 1], atol=1e-6)
+    for key in ("member_accuracy", "ensemble_accuracy", "diversity"):
+        assert np.allclose(two[key], one[key])
+    assert abs(two["nll"] - one["nll"]) < 1e-5

@@ -1,0 +1,42 @@
+"""Learning-rate schedules against the closed-form cosine."""
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from lib.errors import UserError
+from lib.schedules import cosine, member_schedule, run_schedule
+
+
+def test_epoch_granularity_matches_reference_values():
+    lrs = cosine(0.05, 25, iters_per_epoch=3, granularity="epoch")
+    assert len(lrs) == 75
+    assert lrs[0] == lrs[2] == 0.05  # constant within an epoch, full rate in epoch 1
+    assert lrs[3] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi / 25)))
+    assert lrs[-1] == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 24 / 25)))
+    assert lrs[-1] == pytest.approx(1.97e-4, rel=0.01)  # reference code: 1.97e-4 at epoch 25, never 0
+
+
+def test_iteration_granularity():
+    lrs = cosine(0.1, 2, iters_per_epoch=5, granularity="iteration")
+    for t in (0, 1, 4, 5, 9):
+        assert lrs[t] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * t / 10)))
+    assert np.all(np.diff(lrs) < 0)
+
+
+def test_cycles_restart_at_cycle_lr_without_warmup():
+    args = SimpleNamespace(lr=0.05, epochs=25, cycle_lr=0.1, cycle_epochs=12, members=5, lr_granularity="epoch")
+    lrs = run_schedule(args, iters_per_epoch=1)
+    assert len(lrs) == 25 + 4 * 12
+    # the reference schedule for the thesis optimum: epoch 26 -> 0.1, 27 -> 0.0983, 37 -> 0.0017, 38 -> 0.1
+    assert lrs[25] == 0.1 and lrs[26] == pytest.approx(0.0983, abs=1e-4) and lrs[36] == pytest.approx(0.0017, abs=1e-4)
+    assert lrs[37] == 0.1
+    assert np.array_equal(member_schedule(args, 2, 4), member_schedule(args, 5, 4))
+
+
+def test_bad_schedule_values():
+    with pytest.raises(UserError):
+        cosine(0.1, 0, 3)
+    with pytest.raises(UserError):
+        cosine(0.1, 3, 3, granularity="batch")

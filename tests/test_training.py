@@ -1,0 +1,163 @@
+"""The training loop and the algorithms on the embedded default (tiny sizes, CPU, fp32)."""
+import os
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from conftest import parse, run_script
+from lib.experiment import Experiment
+from lib.runs import load_json, load_weights
+from lib.train import fit, make_accelerator
+
+
+def _args(**kw):
+    base = dict(batch_size=8, num_workers=0, momentum=0.9, weight_decay=0.01, quiet=True, with_tracking=False,
+                cpu=True, mixed_precision="no", output_dir="unused")
+    return SimpleNamespace(**{**base, **kw})
+
+
+def test_fit_is_sgd_with_momentum_and_each_call_starts_with_zero_momentum(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    model = torch.nn.Linear(4, 3)
+    w0 = {k: v.clone() for k, v in model.state_dict().items()}
+    args = _args()
+    acc = make_accelerator(args)
+
+    def grads(state):  # full-batch gradient of CE + nothing else (weight decay is added by SGD)
+        m = torch.nn.Linear(4, 3)
+        m.load_state_dict(state)
+        F.cross_entropy(m(x), y).backward()
+        return {"weight": m.weight.grad, "bias": m.bias.grad}
+
+    model, _, iters = fit(acc, model, TensorDataset(x, y), args, np.array([0.1, 0.05]), 2, seed=1,
+                          resume_path=str(tmp_path / "a.pt"))
+    assert iters == 1
+    # by hand: buf1 = g0 + wd w0; w1 = w0 - 0.1 buf1; buf2 = 0.9 buf1 + g1 + wd w1; w2 = w1 - 0.05 buf2
+    g0 = grads(w0)
+    buf1 = {k: g0[k] + 0.01 * w0[k] for k in g0}
+    w1 = {k: w0[k] - 0.1 * buf1[k] for k in g0}
+    g1 = grads(w1)
+    buf2 = {k: 0.9 * buf1[k] + g1[k] + 0.01 * w1[k] for k in g0}
+    w2 = {k: w1[k] - 0.05 * buf2[k] for k in g0}
+    for k in w2:
+        assert torch.allclose(model.state_dict()[k], w2[k], atol=1e-6)
+    # a new cycle: momentum is reset, so its first step is a plain gradient step
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    model, _, _ = fit(acc, model, TensorDataset(x, y), args, np.array([0.2]), 1, seed=2,
+                      resume_path=str(tmp_path / "b.pt"))
+    g = grads(start)
+    for k in g:
+        assert torch.allclose(model.state_dict()[k], start[k] - 0.2 * (g[k] + 0.01 * start[k]), atol=1e-6)
+
+
+def _run(method, flags, cycle_from=None):
+    args = parse(flags)
+    exp = Experiment(args, method, max_checkpoints=2)
+    w1 = exp.finetune(1)
+    w = w1
+    for i in range(2, args.members + 1):
+        w = exp.cycle(i, init=w if method == "SSE" else w1)
+    exp.finish()
+    return exp
+
+
+def _equal(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sse_keeps_its_trajectory_while_starsse_restarts_from_model_1(tmp_path, tiny):
+    sse = _run("SSE", tiny + ["--output_dir", tmp_path / "sse"])
+    star = _run("StarSSE", tiny + ["--output_dir", tmp_path / "star"])
+    w = {i: load_weights(sse.run.weights(i)) for i in (1, 2, 3)}
+    s = {i: load_weights(star.run.weights(i)) for i in (1, 2, 3)}
+    # phase I is trained once: both runs hold the same cached model 1
+    assert load_json(sse.run.record(1))["cached"] == load_json(star.run.record(1))["cached"]
+    assert _equal(w[1], s[1])
+    assert _equal(w[2], s[2])  # cycle 2 starts from model 1 in both, with the same (seed, member) randomness
+    assert not _equal(w[3], s[3]) and not _equal(w[1], w[2])
+    # member 3 is exactly a cycle from model 2 in SSE and a cycle from model 1 in StarSSE
+    exp = Experiment(parse(tiny + ["--output_dir", tmp_path / "check_sse"]), "check")
+    assert _equal(exp.cycle(3, init=w[2]), w[3])
+    exp = Experiment(parse(tiny + ["--output_dir", tmp_path / "check_star"]), "check")
+    assert _equal(exp.cycle(3, init=w[1]), s[3])
+    # records say what was trained
+    rec = load_json(sse.run.record(3))
+    assert rec["epochs"] == 1 and rec["lr_start"] == pytest.approx(0.02) and rec["trainable_fraction"] == 1.0
+
+
+def test_local_de_member_1_is_phase_1_and_members_are_independent(tmp_path, tiny):
+    flags = tiny + ["--members", "2", "--output_dir", tmp_path / "local"]
+    args = parse(flags)
+    exp = Experiment(args, "Local DE")
+    m1, m2 = exp.finetune(1), exp.finetune(2)
+    assert not _equal(m1, m2)
+    sse = _run("SSE", tiny + ["--members", "2", "--output_dir", tmp_path / "sse"])
+    assert _equal(load_weights(sse.run.weights(1)), m1)
+    # a member does not depend on how many members ran before it in this process
+    fresh = Experiment(parse(tiny + ["--members", "2", "--output_dir", tmp_path / "only2"]), "Local DE")
+    shutil.rmtree(os.path.join(args.cache_dir, "finetune"))  # force re-training member 2 alone
+    assert _equal(fresh.finetune(2), m2)
+
+
+def test_global_de_fine_tunes_each_checkpoint(tmp_path, tiny, cache_dir):
+    ck = [os.path.join(cache_dir, "pretrained", f"digits-byol-seed{s}.safetensors") for s in (0, 1)]
+    r = run_script("finetune.py", *tiny, "--members", "2", "--pretrained", *ck, "--output_dir", tmp_path / "g")
+    assert r.returncode == 0, r.stderr
+    m = load_json(tmp_path / "g" / "metrics.json")
+    assert m["method"] == "Global DE" and m["members"] == 2
+    assert load_json(tmp_path / "g" / "member_2.json")["init"] == f"pretrained:{ck[1]}"
+
+
+def test_fine_tuning_really_learns(tmp_path, tiny):
+    flags = tiny + ["--members", "1", "--epochs", "15", "--lr", "0.05", "--output_dir", tmp_path / "ft"]
+    exp = Experiment(parse(flags), "Fine-tune")
+    exp.finetune(1)
+    result = exp.finish()
+    assert result["ensemble_accuracy"] > 60.0  # 10 classes: chance is 10 %
+    probs = np.load(exp.run.probs(1))
+    assert probs.shape == (540, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, fresh_cache):
+    flags = ["--cpu", "--quiet", "--epochs", "3", "--cycle_epochs", "2", "--members", "3"]
+    ref = run_script("starsse.py", *flags, "--cache_dir", fresh_cache("c1"), "--output_dir", tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr
+    out, cache, kills = tmp_path / "killed", fresh_cache("c2"), 0
+    for _ in range(12):
+        r = run_script("starsse.py", *flags, "--cache_dir", cache, "--output_dir", out,
+                       env={"ENS_TRANSFER_EXIT_AFTER_EPOCHS": "2"})
+        if r.returncode == 0:
+            break
+        assert r.returncode == 3, r.stderr  # the abrupt exit of the test hook, after its 2nd epoch
+        kills += 1
+    # 7 epochs (3 + 2 + 2), killed after every 2nd: in phase I and in the first epoch of cycles 2 and 3
+    assert r.returncode == 0 and kills == 3
+    a, b = load_json(tmp_path / "ref" / "metrics.json"), load_json(out / "metrics.json")
+    assert a["member_accuracy"] == b["member_accuracy"] and a["ensemble_accuracy"] == b["ensemble_accuracy"]
+    for i in (1, 2, 3):
+        assert np.array_equal(np.load(tmp_path / "ref" / f"member_{i}_probs.npy"), np.load(out / f"member_{i}_probs.npy"))
+    assert not any(f.endswith((".resume.pt", ".tmp")) for f in os.listdir(out))
+
+
+def test_tensorboard_logs_every_term(tmp_path, tiny, fresh_cache):
+    import glob
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    flags = tiny + ["--members", "2", "--with_tracking", "--cache_dir", fresh_cache(), "--output_dir", tmp_path / "tb"]
+    _run("StarSSE", flags)
+    tags, lrs = set(), []
+    for f in glob.glob(str(tmp_path / "tb" / "tensorboard" / "**" / "events*"), recursive=True):
+        ea = EventAccumulator(f)
+        ea.Reload()
+        tags |= set(ea.Tags()["scalars"])
+        if "train/lr" in ea.Tags()["scalars"]:
+            lrs = [(e.step, e.value) for e in ea.Scalars("train/lr")]
+    assert {"train/lr", "train/loss_step", "epoch/train_acc", "epoch/ce", "test/member_1_acc", "test/member_2_acc",
+            "test/ensemble_acc", "test/diversity", "test/ensemble_acc_size_2"} <= tags
+    # 40 images / batch 16 = 3 iterations per epoch: phase I steps 0-5 at 0.01, 0.005; the cycle restarts at 0.02
+    assert [round(v, 6) for _, v in sorted(lrs)] == [0.01] * 3 + [0.005] * 3 + [0.02] * 3
