@@ -7,7 +7,7 @@ for c in $CKPTS; do
   for s in ${GRID_SEEDS:-0 1}; do
     for lr_ratio in 0.25 0.5 1 2 4; do
       for ep_ratio in 0.5 1 2 4; do
-        clr=$($PY -c "print(0.05 * $lr_ratio)"); cep=$($PY -c "print(int(25 * $ep_ratio))")
+        clr=$(awk "BEGIN{print 0.05 * $lr_ratio}"); cep=$(awk "BEGIN{print int(25 * $ep_ratio)}")
         for algo in sse starsse; do
           $LAUNCH scripts/$algo.py $PHASE1 --members 5 --cycle_lr "$clr" --cycle_epochs "$cep" \
               --pretrained "$(ckpt "$c")" --seed "$s" --output_dir "$OUT/grid/$algo-lr${lr_ratio}x-ep${ep_ratio}x/ckpt$c-seed$s"

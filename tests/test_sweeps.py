@@ -1,0 +1,37 @@
+"""Sweep files: every command they would launch parses with the scripts' flags (dry run with LAUNCH=echo)."""
+import os
+import shlex
+import subprocess
+
+import pytest
+
+from conftest import REPO, parse
+
+SWEEPS = ["cifar100_core.sh", "cifar100_cycle_grid.sh"]
+
+
+@pytest.mark.parametrize("sweep", SWEEPS)
+def test_sweep_commands_parse(tmp_path, sweep):
+    for i in range(1, 6):
+        (tmp_path / f"byol-1000ep-{i}.pt").write_bytes(b"")
+    env = dict(os.environ, LAUNCH="echo", PY="echo", DATA=str(tmp_path), CKPT_DIR=str(tmp_path), OUT=str(tmp_path / "o"))
+    r = subprocess.run(["bash", os.path.join(REPO, "sweeps", sweep)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    commands = [shlex.split(line) for line in r.stdout.splitlines() if line.startswith("scripts/")]
+    assert commands
+    scripts = set()
+    for cmd in commands:
+        script, flags = cmd[0], cmd[1:]
+        scripts.add(os.path.basename(script))
+        if script.endswith("report.py"):
+            continue
+        args = parse(flags)
+        assert args.dataset == "cifar100" and args.epochs == 25 and args.lr == 0.05 and args.batch_size == 256
+        assert args.weight_decay == 1e-4
+    if sweep == "cifar100_core.sh":
+        assert scripts == {"sse.py", "starsse.py", "finetune.py", "report.py"}
+        assert sum("--members" in c and "5" in c for c in commands) >= 12 + 6
+        assert len([c for c in commands if c[0].endswith("finetune.py") and c.count("--pretrained") == 1
+                    and len(c) - c.index("--pretrained") > 5 and c[c.index("--pretrained") + 5].endswith("5.pt")]) == 3
+    else:
+        assert len(commands) == 2 * 2 * 5 * 4 * 2 + 1
