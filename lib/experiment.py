@@ -20,7 +20,7 @@ import torch
 from . import metrics
 from .cli import finalize, run_config, slug
 from .data import load_task, test_loader
-from .errors import UserError, check
+from .errors import check
 from .models import build_model, file_digest, match_state_dict, read_checkpoint
 from .runs import RunDir, link_or_copy, load_json, load_weights, run_summary, save_array, save_json, save_weights
 from .schedules import member_schedule
@@ -118,13 +118,18 @@ class Experiment:
         args = self.args
         if self.run.done(member):
             return self._load_member(member)
-        model = build_model(args.arch, self.data.num_classes)
-        model.load_state_dict(init)
+        model = self.model(init)
         params = prepare(model) if prepare else None
         self._train(self.run, member, model, member_schedule(args, member, self.iters), args.cycle_epochs,
                     seed_for(args.seed, member), init="given weights", loss_terms=loss_terms, taps=taps,
                     params=params, step_offset=self._step_offset(member), desc=f"member {member} (cycle)")
         return self._load_member(member)
+
+    def model(self, weights):
+        """A model of this experiment's arch holding `weights` (on the CPU)."""
+        model = build_model(self.args.arch, self.data.num_classes)
+        model.load_state_dict(weights)
+        return model
 
     def _train(self, run, slot, model, lrs, epochs, seed, init, step_offset, desc, **fit_kwargs):
         acc = self.accelerator

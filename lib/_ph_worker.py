@@ -1,0 +1,32 @@
+"""Persistence in a worker process: imports only numpy and giotto-ph, so it starts fast and holds no torch threads.
+
+giotto-ph holds the GIL while it computes, so the two RTD directions run concurrently only in two processes.
+"""
+import numpy as np
+
+
+def h1_bars(matrix, n_threads=1):
+    """H1 of the Vietoris-Rips filtration of a symmetric distance matrix with zero diagonal.
+
+    Returns (edges, bars): edges (k, 4) int64 rows [birth u, birth v, death u, death v] (each edge as
+    (larger vertex, smaller vertex), the death edge being the longest edge of the death triangle) and bars (k, 2)
+    float [birth, death] of the k finite bars with death > birth.
+    """
+    from gph import ripser_parallel
+    n = len(matrix)
+    if n < 3:  # no triangle, no H1
+        return np.zeros((0, 4), np.int64), np.zeros((0, 2))
+    out = ripser_parallel(matrix, maxdim=1, metric="precomputed", collapse_edges=False, return_generators=True,
+                          n_threads=n_threads)
+    edges = np.asarray(out["gens"][1][0], dtype=np.int64).reshape(-1, 4)
+    bars = np.asarray(out["dgms"][1], dtype=np.float64)[: len(edges)]  # finite bars come first, aligned with gens
+    return edges, bars
+
+
+def serve(conn):
+    """Worker loop: receive a matrix, send back h1_bars of it; None stops."""
+    while True:
+        matrix = conn.recv()
+        if matrix is None:
+            break
+        conn.send(h1_bars(matrix))
