@@ -23,10 +23,15 @@ def h1_bars(matrix, n_threads=1):
     return edges, bars
 
 
-def serve(conn):
-    """Worker loop: receive a matrix, send back h1_bars of it; None stops."""
+def serve_stdio():
+    """Worker loop over stdin/stdout: read a pickled matrix, write back pickled h1_bars of it; EOF stops."""
+    import pickle
+    import sys
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
     while True:
-        matrix = conn.recv()
-        if matrix is None:
+        try:
+            matrix = pickle.load(inp)
+        except EOFError:
             break
-        conn.send(h1_bars(matrix))
+        pickle.dump(h1_bars(matrix), out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()

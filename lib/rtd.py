@@ -11,6 +11,10 @@ directions run concurrently (one in a worker process: giotto-ph holds the GIL).
 """
 import atexit
 import math
+import os
+import pickle
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -24,26 +28,34 @@ _worker = None
 
 
 class _Worker:
-    """A spawned process that computes one barcode while this process computes the other.
+    """A child process that computes one barcode while this process computes the other.
 
-    A plain pipe, not a ProcessPoolExecutor: the executor hands work over in a feeder thread, which needs the GIL
-    that giotto-ph holds in this process, so the two barcodes would still run one after the other.
+    A plain child over pipes, not multiprocessing: an executor hands work over in a feeder thread, which needs the
+    GIL that giotto-ph holds here, and spawn would re-import the user's main script in the child.
     """
 
     def __init__(self):
-        import multiprocessing as mp
-        from . import _ph_worker
-        ctx = mp.get_context("spawn")  # never fork a process whose torch/OpenMP threads are running
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_ph_worker.serve, args=(child,), daemon=True)
-        self.proc.start()
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = f"import sys; sys.path.insert(0, {root!r}); from lib._ph_worker import serve_stdio; serve_stdio()"
+        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         atexit.register(self.close)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def send(self, matrix):
+        pickle.dump(matrix, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self.proc.stdin.flush()
+
+    def recv(self):
+        return pickle.load(self.proc.stdout)
 
     def close(self):
         try:
-            self.conn.send(None)
-        except (OSError, ValueError):
-            pass
+            self.proc.stdin.close()
+            self.proc.wait(timeout=5)
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            self.proc.kill()
 
 
 class _Done:
@@ -56,7 +68,7 @@ class _Done:
 
 class _Pending:
     def result(self):
-        return _worker.conn.recv()
+        return _worker.recv()
 
 
 def _submit(matrix, concurrent):
@@ -64,11 +76,11 @@ def _submit(matrix, concurrent):
     global _worker
     if concurrent and len(matrix) >= 64:  # small matrices: the hand-off costs more than it saves
         try:
-            if _worker is None or not _worker.proc.is_alive():
+            if _worker is None or not _worker.alive():
                 _worker = _Worker()
-            _worker.conn.send(matrix)
+            _worker.send(matrix)
             return _Pending()
-        except (OSError, EOFError):  # the worker died: carry on without it
+        except (OSError, EOFError, pickle.PickleError):  # the worker died: carry on without it
             _worker = None
     return _Done(h1_bars(matrix))
 

@@ -1,3 +1,4 @@
+import functools
 import os
 import subprocess
 import sys
@@ -44,6 +45,22 @@ def tiny(cache_dir):
     return ["--cpu", "--quiet", "--epochs", "2", "--cycle_epochs", "1", "--members", "3", "--cache_dir", cache_dir]
 
 
-def parse(flags):
+def parse(flags, script=None):
+    """Parse flags with the base parser (script=None) or with scripts/<script>'s own parser (parse_known_args
+    on the base parser, then a check that the script accepts every flag)."""
     from lib.cli import base_parser
-    return base_parser("test").parse_args([str(f) for f in flags])
+    flags = [str(f) for f in flags]
+    if script is None or os.path.basename(script) in ("sse.py", "starsse.py", "finetune.py"):
+        return base_parser("test").parse_args(flags)
+    args, extra = base_parser("test").parse_known_args(flags)
+    usage = _script_help(os.path.basename(script))
+    for flag in extra:
+        if flag.startswith("--"):
+            assert flag in usage, f"{script} has no flag {flag}"
+    return args
+
+
+@functools.lru_cache(maxsize=None)
+def _script_help(script):
+    return subprocess.run([PY, os.path.join(REPO, "scripts", script), "--help"], capture_output=True, text=True,
+                          timeout=120).stdout

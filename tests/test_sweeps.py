@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO, parse
 
-SWEEPS = ["cifar100_core.sh", "cifar100_cycle_grid.sh"]
+SWEEPS = ["cifar100_core.sh", "cifar100_cycle_grid.sh", "cifar100_similarity.sh"]
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
@@ -25,7 +25,7 @@ def test_sweep_commands_parse(tmp_path, sweep):
         scripts.add(os.path.basename(script))
         if script.endswith("report.py"):
             continue
-        args = parse(flags)
+        args = parse(flags, script)
         assert args.dataset == "cifar100" and args.epochs == 25 and args.lr == 0.05 and args.batch_size == 256
         assert args.weight_decay == 1e-4
     if sweep == "cifar100_core.sh":
@@ -33,5 +33,11 @@ def test_sweep_commands_parse(tmp_path, sweep):
         assert sum("--members" in c and "5" in c for c in commands) >= 12 + 6
         assert len([c for c in commands if c[0].endswith("finetune.py") and c.count("--pretrained") == 1
                     and len(c) - c.index("--pretrained") > 5 and c[c.index("--pretrained") + 5].endswith("5.pt")]) == 3
-    else:
+    elif sweep == "cifar100_cycle_grid.sh":
         assert len(commands) == 2 * 2 * 5 * 4 * 2 + 1
+    elif sweep == "cifar100_similarity.sh":
+        alphas = sorted({float(c[c.index("--alpha") + 1]) for c in commands if "--similarity" in c and "rtd" in c
+                         and "--star" not in c})
+        assert alphas == [0.0316, 0.1, 0.316, 1, 3.16, 10]
+        alphas = sorted({float(c[c.index("--alpha") + 1]) for c in commands if "mse" in c and "--star" not in c})
+        assert alphas == [0.1, 1, 10, 20, 40]
