@@ -72,6 +72,8 @@ def base_parser(description):
     e.add_argument("--members", type=int, default=None, help="ensemble size M")
     e.add_argument("--cycle_lr", type=float, default=None, help="learning rate at the start of cycles 2..M")
     e.add_argument("--cycle_epochs", type=int, default=None, help="epochs of each cycle 2..M")
+    e.add_argument("--cycle_lr_mult", type=float, default=None,
+                   help="set --cycle_lr to this multiple of --lr (the thesis' PEFT grid x1..x6)")
     e.add_argument("--seed", type=int, default=0, help="member i's randomness is seeded from (seed, i)")
     r = p.add_argument_group("run")
     r.add_argument("--output_dir", default=None, help="run directory (default runs/<method>/<dataset>-seed<seed>)")
@@ -84,6 +86,16 @@ def base_parser(description):
     r.add_argument("--with_tracking", action="store_true", help="log to TensorBoard in <output_dir>/tensorboard")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def add_freeze_args(parser, help_freeze):
+    from .models import FREEZE_CHOICES
+    g = parser.add_argument_group("frozen stages (thesis section 5)")
+    g.add_argument("--freeze", default="none", help=f"{help_freeze} ({', '.join(FREEZE_CHOICES)})")
+    g.add_argument("--frozen_bn", choices=["eval", "train"], default="eval",
+                   help="BatchNorm of frozen stages: eval keeps running statistics fixed; train updates them "
+                        "(the reference code)")
+    return parser
 
 
 def slug(method):
@@ -105,6 +117,10 @@ def finalize(args, method):
     if args.dataset == "cifar100" and not args.download:
         check(args.data_dir is not None, "--data_dir is required for --dataset cifar100 (the folder holding cifar-100-python/)")
         check(os.path.isdir(args.data_dir), f"data directory not found: {args.data_dir}")
+    if args.cycle_lr_mult is not None:
+        check(math.isfinite(args.cycle_lr_mult) and args.cycle_lr_mult > 0,
+              f"--cycle_lr_mult must be positive, got {args.cycle_lr_mult}")
+        args.cycle_lr = args.cycle_lr_mult * args.lr
     args.method = method
     if args.output_dir is None:
         args.output_dir = os.path.join("runs", slug(method), f"{args.dataset}-seed{args.seed}")

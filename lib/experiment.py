@@ -21,7 +21,7 @@ from . import metrics
 from .cli import finalize, run_config, slug
 from .data import load_task, test_loader
 from .errors import check
-from .models import build_model, file_digest, match_state_dict, read_checkpoint
+from .models import build_model, file_digest, freeze as freeze_stages, frozen_state_keys, match_state_dict, read_checkpoint
 from .runs import RunDir, link_or_copy, load_json, load_weights, run_summary, save_array, save_json, save_weights
 from .schedules import member_schedule
 from .train import fit, make_accelerator, predict, seed_for
@@ -83,10 +83,11 @@ class Experiment:
     # ------------------------------------------------------------------------------------------------------------
     # members
 
-    def finetune(self, member, checkpoint=None):
+    def finetune(self, member, checkpoint=None, freeze="none", frozen_bn="eval"):
         """Member `member` fine-tuned from a pre-trained checkpoint with the phase-I schedule (phase I, a Local DE
         member, a Global DE member). Cached in cache_dir by (checkpoint, seed, member, phase-I hyper-parameters),
-        so SSE, StarSSE, Local DE and every variant train it once."""
+        so SSE, StarSSE, Local DE and every variant train it once. `freeze`: train only the stages after it
+        (lib.models.freeze), from the start."""
         args, acc = self.args, self.accelerator
         checkpoint = checkpoint or self.checkpoints[0]
         if self.run.done(member):
@@ -94,7 +95,8 @@ class Experiment:
         key = {"checkpoint": "scratch" if checkpoint == "scratch" else file_digest(checkpoint), "member": member,
                **{k: getattr(args, k) for k in ("dataset", "labels_per_class", "augment", "image_size", "arch", "seed",
                                                  "epochs", "lr", "weight_decay", "momentum", "batch_size",
-                                                 "lr_granularity", "mixed_precision")}}
+                                                 "lr_granularity", "mixed_precision")},
+               **({"freeze": freeze, "frozen_bn": frozen_bn} if freeze != "none" else {})}
         cache = RunDir(os.path.join(args.cache_dir, "finetune",
                                     hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]),
                        key, is_main=acc.is_main_process)
@@ -103,7 +105,7 @@ class Experiment:
             model = self._init_model(checkpoint, member)
             self._train(cache, 1, model, member_schedule(args, 1, self.iters), args.epochs, seed_for(args.seed, member),
                         init=f"pretrained:{checkpoint}", step_offset=self._step_offset(member, finetune=True),
-                        desc=f"member {member} (fine-tune)")
+                        desc=f"member {member} (fine-tune)", freeze=freeze, frozen_bn=frozen_bn)
         if acc.is_main_process:
             for src, dst in [(cache.weights(1), self.run.weights(member)), (cache.probs(1), self.run.probs(member))]:
                 link_or_copy(src, dst)
@@ -111,18 +113,17 @@ class Experiment:
         acc.wait_for_everyone()
         return self._load_member(member)
 
-    def cycle(self, member, init, loss_terms=None, taps=(), prepare=None):
+    def cycle(self, member, init, loss_terms=None, taps=(), freeze="none", frozen_bn="eval"):
         """Member `member`: a cosine cycle from cycle_lr to 0 over cycle_epochs, starting from weights `init`,
         with a fresh optimizer (momentum reset). `loss_terms`/`taps`: extra loss terms (lib.train.fit).
-        `prepare(model)` may freeze parts of the model and returns the parameters to train (or None for all)."""
+        `freeze`: train only the stages after it (lib.models.freeze); the frozen tensors are checked at the end."""
         args = self.args
         if self.run.done(member):
             return self._load_member(member)
-        model = self.model(init)
-        params = prepare(model) if prepare else None
-        self._train(self.run, member, model, member_schedule(args, member, self.iters), args.cycle_epochs,
+        self._train(self.run, member, self.model(init), member_schedule(args, member, self.iters), args.cycle_epochs,
                     seed_for(args.seed, member), init="given weights", loss_terms=loss_terms, taps=taps,
-                    params=params, step_offset=self._step_offset(member), desc=f"member {member} (cycle)")
+                    step_offset=self._step_offset(member), desc=f"member {member} (cycle)", freeze=freeze,
+                    frozen_bn=frozen_bn)
         return self._load_member(member)
 
     def model(self, weights):
@@ -131,20 +132,27 @@ class Experiment:
         model.load_state_dict(weights)
         return model
 
-    def _train(self, run, slot, model, lrs, epochs, seed, init, step_offset, desc, **fit_kwargs):
+    def _train(self, run, slot, model, lrs, epochs, seed, init, step_offset, desc, freeze="none", frozen_bn="eval",
+               **fit_kwargs):
         acc = self.accelerator
         t0 = time.time()
         total_params = sum(p.numel() for p in model.parameters())
+        keep = {k: model.state_dict()[k].clone() for k in frozen_state_keys(model, freeze, frozen_bn)}
+        params = freeze_stages(model, freeze, frozen_bn)
         model, history, _ = fit(acc, model, self.data.train, self.args, lrs, epochs, seed, run.resume(slot),
-                                member=slot, step_offset=step_offset, desc=desc, **fit_kwargs)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+                                member=slot, step_offset=step_offset, desc=desc, params=params, **fit_kwargs)
+        state = model.state_dict()
+        moved = [k for k, v in keep.items() if not torch.equal(state[k].cpu(), v)]
+        if moved:  # a frozen tensor moved: a bug, never a result
+            raise RuntimeError(f"{desc}: frozen tensors changed during training: {moved[:5]} ({len(moved)} in all)")
+        trainable = sum(p.numel() for p in params)
         probs = predict(acc, model, self.test_loader)
         if acc.is_main_process:
             save_weights(run.weights(slot), model.state_dict())
             save_array(run.probs(slot), probs)
             epoch_seconds = [h["seconds"] for h in history]
             save_json(run.record(slot), {
-                "init": init, "epochs": epochs, "lr_start": float(lrs[0]),
+                "init": init, "epochs": epochs, "lr_start": float(lrs[0]), "freeze": freeze, "frozen_bn": frozen_bn,
                 "seconds": time.time() - t0, "seconds_per_epoch": float(np.mean(epoch_seconds)) if history else None,
                 "trainable_params": trainable, "total_params": total_params,
                 "trainable_fraction": trainable / total_params,

@@ -220,3 +220,65 @@ def taps(model, names):
     finally:
         for h in handles:
             h.remove()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# frozen stages (thesis section 5)
+
+FREEZE_CHOICES = ["none", "stage2", "stage3", "stage4", "stage5", "head"]
+
+
+def frozen_modules(stage):
+    """Names of the top-level modules that `--freeze stage` freezes: every stage before the named one
+    ('head' freezes everything but fc; 'none' nothing)."""
+    check(stage in FREEZE_CHOICES, f"unknown --freeze '{stage}' (choose from {', '.join(FREEZE_CHOICES)})")
+    if stage == "none":
+        return []
+    upto = "fc" if stage == "head" else stage
+    names = []
+    for s in STAGES[:STAGES.index(upto)]:
+        names += STAGE_MODULES[s]
+    return names
+
+
+def freeze(model, stage, frozen_bn="eval"):
+    """Freeze every stage before `stage` and return the parameters left to train.
+
+    Frozen: requires_grad=False (so the optimizer never sees them and the frozen prefix builds no autograd graph)
+    and, with frozen_bn="eval" (default), BatchNorm layers of frozen stages kept in eval mode so their running
+    statistics stay fixed; frozen_bn="train" keeps updating them, as the reference code did.
+    """
+    check(frozen_bn in ("eval", "train"), f"--frozen_bn must be eval or train, got {frozen_bn!r}")
+    for name in frozen_modules(stage):
+        module = getattr(model, name)
+        for p in module.parameters():
+            p.requires_grad_(False)
+        for m in module.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.frozen_bn_eval = frozen_bn == "eval"  # read by set_train_mode
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    check(trainable, f"--freeze {stage} leaves nothing to train")
+    set_train_mode(model)
+    return trainable
+
+
+def set_train_mode(model):
+    """model.train(), except BatchNorm layers of frozen stages (see freeze), which stay in eval mode."""
+    model.train()
+    for m in model.modules():
+        if getattr(m, "frozen_bn_eval", False):
+            m.eval()
+    return model
+
+
+def frozen_state_keys(model, stage, frozen_bn="eval"):
+    """State-dict keys that a cycle with `--freeze stage` must leave bit-identical: the frozen stages' weights,
+    and their BatchNorm buffers unless frozen_bn="train" lets the running statistics move."""
+    prefixes = tuple(f"{name}." for name in frozen_modules(stage))
+    params = {n for n, _ in model.named_parameters()}
+    return [k for k in model.state_dict() if k.startswith(prefixes) and (frozen_bn == "eval" or k in params)]
+
+
+def trainable_fraction(model):
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in model.parameters() if p.requires_grad) / total

@@ -8,7 +8,8 @@ from .runs import find_run_dirs, load_json
 
 # the thesis' row order; other methods follow alphabetically
 METHOD_ORDER = ["Scratch", "Scratch DE", "Fine-tune", "Local DE", "Global DE", "SSE", "StarSSE", "SSE-RTD", "SSE-MSE",
-                "StarSSE-RTD", "StarSSE-MSE"]
+                "StarSSE-RTD", "StarSSE-MSE", "StarSSE (freeze stage4)", "StarSSE (freeze stage5)",
+                "StarSSE (freeze head)"]
 DDOF = 1  # sample standard deviation over runs
 COLUMNS = [("avg_member_accuracy", "avg. acc."), ("diversity", "div."), ("ensemble_accuracy", "ens. acc."),
            ("nll", "NLL"), ("ece", "ECE")]
@@ -25,7 +26,8 @@ def load_runs(paths, group_by=("method",)):
 
 
 def _order(label):
-    name = label.split(" ")[0] if label.split(" ")[0] in METHOD_ORDER else label
+    name = next((m for m in sorted(METHOD_ORDER, key=len, reverse=True) if label == m or label.startswith(m + " ")),
+                label)
     return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), label)
 
 
@@ -50,10 +52,19 @@ def summarize_groups(runs):
         n = min(m["members"] for m in mets)  # curves over the sizes every run has
         row["by_size"] = np.mean([m["ensemble_accuracy_by_size"][:n] for m in mets], axis=0).tolist()
         row["member_acc"] = np.mean([m["member_accuracy"][:n] for m in mets], axis=0).tolist()
-        fracs = [np.mean(m.get("member_seconds", [np.nan])) for m in mets]
-        row["seconds_per_member"] = mean_std(fracs)
+        row["epoch_seconds"] = mean_std([_cycle_epoch_seconds(m) for m in mets])
+        row["trainable"] = mean_std([np.mean(m.get("member_trainable_fraction", [np.nan])[1:] or [np.nan]) for m in mets])
         out[label] = row
+    base = out.get("StarSSE", {}).get("epoch_seconds", (np.nan,))[0]
+    for row in out.values():  # the thesis' "x0.74 time": seconds per cycle epoch relative to StarSSE
+        row["time_vs_starsse"] = row["epoch_seconds"][0] / base if np.isfinite(base) else float("nan")
     return out
+
+
+def _cycle_epoch_seconds(met):
+    """Mean seconds per epoch of members 2..M (the cycles of SSE/StarSSE; other DE members), or of member 1."""
+    per_epoch = [v for v in met.get("member_seconds_per_epoch", []) if v is not None]
+    return float(np.mean(per_epoch[1:] if len(per_epoch) > 1 else per_epoch)) if per_epoch else float("nan")
 
 
 def fmt(ms, digits=2):
@@ -64,14 +75,23 @@ def fmt(ms, digits=2):
 
 
 def markdown_table(summary):
-    head = "| Algorithm | runs | M | " + " | ".join(name for _, name in COLUMNS) + " |"
-    sep = "|" + "---|" * (len(COLUMNS) + 3)
+    timed = any(np.isfinite(r["time_vs_starsse"]) for r in summary.values())
+    head = "| Algorithm | runs | M | " + " | ".join(name for _, name in COLUMNS) + " |" + \
+        (" trained params (cycles) | time vs StarSSE |" if timed else "")
+    sep = "|" + "---|" * (len(COLUMNS) + 3 + 2 * timed)
     lines = [head, sep]
     for label, row in summary.items():
         digits = {"nll": 3, "ece": 3}
         cells = [fmt(row[key], digits.get(key, 2)) for key, _ in COLUMNS]
+        if timed:
+            frac = row["trainable"][0]
+            cells.append(f"{100 * frac:.1f} %" if np.isfinite(frac) else "-")
+            cells.append(f"x{row['time_vs_starsse']:.2f}" if np.isfinite(row["time_vs_starsse"]) else "-")
         lines.append(f"| {label} | {row['runs']} | {'/'.join(map(str, row['members']))} | " + " | ".join(cells) + " |")
     lines.append("")
+    if timed:
+        lines.append("time vs StarSSE: seconds per epoch of members 2..M (the cycles) relative to StarSSE's, as the "
+                     "thesis' PEFT time fractions; trained params: share of parameters trained in members 2..M.")
     lines.append(f"mean ± std over runs (std with ddof={DDOF}; a single run shows its value). Accuracy and diversity "
                  f"in %, diversity = 100 * mean over member pairs of disagreement / max(err1, err2); NLL in nats; "
                  f"ECE as a fraction (15 bins).")

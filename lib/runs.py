@@ -88,9 +88,15 @@ def link_or_copy(src, dst):
     atomic_write(dst, write)
 
 
+# arguments added after runs were made, with the value that reproduces the older behaviour: a run directory written
+# before they existed resumes when they keep that value
+LATER_ARGS = {"freeze": "none", "frozen_bn": "eval", "cycle_lr_mult": None}
+
+
 def config_diff(old, new):
     keys = (set(old) | set(new)) - NON_RESULT_ARGS
-    return sorted(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k))
+    same = lambda k: old.get(k) == new.get(k) or (k not in old and k in LATER_ARGS and new.get(k) == LATER_ARGS[k])
+    return sorted(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if not same(k))
 
 
 class RunDir:

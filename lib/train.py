@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import train_loader
-from .models import taps as stage_taps
+from .models import set_train_mode, taps as stage_taps
 from .runs import save_torch
 
 # test hook: a process that set this exits abruptly (no clean-up, like a kill) after that many epochs in total
@@ -101,7 +101,7 @@ def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_
         t0 = time.time()
         loader.sampler.set_epoch(epoch)
         torch.manual_seed(seed_for(seed, epoch, accelerator.process_index))  # augmentation stream of this epoch
-        model.train()
+        set_train_mode(model)  # BatchNorm of frozen stages stays in eval mode
         sums = {"loss": 0.0, "ce": 0.0, "correct": 0.0, "n": 0.0, **{k: 0.0 for k in loss_terms}}
         for it, (x, y) in enumerate(loader):
             step = epoch * iters + it
@@ -122,10 +122,10 @@ def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_
             sums["ce"] += ce.item() * n
             sums["correct"] += (logits.argmax(-1) == y).sum().item()
             for name, value in terms.items():
-                sums[name] += float(value) * n
+                sums[name] += float(value.detach()) * n
             if args.with_tracking:
                 accelerator.log({"train/lr": float(lrs[step]), "train/loss_step": loss.item(),
-                                 **{f"train/{k}_step": float(v) for k, v in terms.items()}}, step=step_offset + step)
+                                 **{f"train/{k}_step": float(v.detach()) for k, v in terms.items()}}, step=step_offset + step)
             bar.update(1)
         totals = accelerator.reduce(torch.tensor([sums[k] for k in sums], device=accelerator.device), "sum").tolist()
         totals = dict(zip(sums, totals))

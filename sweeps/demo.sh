@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded default (scikit-learn digits, CPU): pre-training, Local DE, Global DE, SSE,
-# StarSSE, SSE-RTD and SSE-MSE with 2 runs each, a from-scratch baseline, then the results table. `make demo` runs it.
+# StarSSE, SSE-RTD, SSE-MSE and frozen-stage StarSSE with 2 runs each, a from-scratch baseline, then the results table. `make demo` runs it.
 #
 # The paper's protocol at CPU size: each run r in {0, 1} fine-tunes pre-trained checkpoint r with seed r
 # (the thesis uses 2 checkpoints x 3 seeds); Global DE fine-tunes the 4 checkpoints once each.
@@ -31,6 +31,9 @@ for r in $RUNS; do
   # similarity regularisers on the AvgPool output, the thesis' alphas (RTD 0.0316, MSE 20)
   $PY scripts/sse_rtd.py $COMMON --similarity rtd --pretrained "$(ckpt "$r")" --seed "$r" --output_dir "$OUT/sse_rtd/run$r"
   $PY scripts/sse_rtd.py $COMMON --similarity mse --pretrained "$(ckpt "$r")" --seed "$r" --output_dir "$OUT/sse_mse/run$r"
+  # frozen-stage StarSSE: cycles 2..M train stage4, stage5 and fc only, at 4x the phase-I lr (thesis optimum x3-x5)
+  $PY scripts/starsse.py $COMMON --freeze stage4 --cycle_lr_mult 4 --pretrained "$(ckpt "$r")" --seed "$r" \
+      --output_dir "$OUT/starsse_freeze/run$r"
 done
 
 echo "== results ($(( $(date +%s) - start )) s)"

@@ -50,7 +50,7 @@ def parse(flags, script=None):
     on the base parser, then a check that the script accepts every flag)."""
     from lib.cli import base_parser
     flags = [str(f) for f in flags]
-    if script is None or os.path.basename(script) in ("sse.py", "starsse.py", "finetune.py"):
+    if script is None:
         return base_parser("test").parse_args(flags)
     args, extra = base_parser("test").parse_known_args(flags)
     usage = _script_help(os.path.basename(script))

@@ -100,3 +100,11 @@ def test_evaluate_and_report(tmp_path, finished_run):
         assert (tmp_path / "rep" / name).stat().st_size > 0
     _one_error_line(run_script("evaluate.py", tmp_path), "not a run directory")
     _one_error_line(run_script("report.py", tmp_path / "rep"), "no finished run")
+
+
+def test_config_diff_tolerates_arguments_added_later_at_their_neutral_value():
+    from lib.runs import config_diff
+    old = {"lr": 0.1, "seed": 0, "output_dir": "a"}
+    assert config_diff(old, {**old, "freeze": "none", "output_dir": "b"}) == []
+    assert config_diff(old, {**old, "freeze": "stage4"}) == ["freeze: None -> 'stage4'"]
+    assert config_diff(old, {**old, "lr": 0.2}) == ["lr: 0.1 -> 0.2"]

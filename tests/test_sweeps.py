@@ -7,7 +7,7 @@ import pytest
 
 from conftest import REPO, parse
 
-SWEEPS = ["cifar100_core.sh", "cifar100_cycle_grid.sh", "cifar100_similarity.sh"]
+SWEEPS = ["cifar100_core.sh", "cifar100_cycle_grid.sh", "cifar100_similarity.sh", "cifar100_peft.sh"]
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
@@ -41,3 +41,8 @@ def test_sweep_commands_parse(tmp_path, sweep):
         assert alphas == [0.0316, 0.1, 0.316, 1, 3.16, 10]
         alphas = sorted({float(c[c.index("--alpha") + 1]) for c in commands if "mse" in c and "--star" not in c})
         assert alphas == [0.1, 1, 10, 20, 40]
+    elif sweep == "cifar100_peft.sh":
+        grid = {(c[c.index("--freeze") + 1], float(c[c.index("--cycle_lr_mult") + 1])) for c in commands
+                if c[0].endswith("starsse.py")}
+        assert grid == {(f, float(m)) for f in ("stage4", "stage5", "head") for m in range(1, 7)}
+        assert {c[c.index("--freeze") + 1] for c in commands if c[0].endswith("peft_freeze.py")} == {"stage4", "stage5", "head"}

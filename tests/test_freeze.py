@@ -1,0 +1,108 @@
+"""Frozen-stage fine-tuning (thesis section 5): what is frozen, that it stays frozen, and the PEFT scripts."""
+import pytest
+import torch
+import torchvision
+
+from conftest import parse, run_script
+from lib.errors import UserError
+from lib.experiment import Experiment
+from lib.models import build_model, freeze, frozen_state_keys, read_checkpoint, set_train_mode, taps, trainable_fraction
+from lib.runs import load_json, load_weights
+
+
+def test_resnet50_trainable_fractions_match_the_thesis():
+    fractions = {}
+    for stage in ("stage4", "stage5", "head"):
+        model = build_model("resnet50", 100)
+        freeze(model, stage)
+        fractions[stage] = trainable_fraction(model)
+    assert fractions["stage4"] == pytest.approx(0.94, abs=0.005)
+    assert fractions["stage5"] == pytest.approx(0.64, abs=0.005)
+    assert fractions["head"] < 0.01
+
+
+def test_frozen_means_no_grad_no_graph_and_fixed_batchnorm():
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    params = freeze(model, "stage4")
+    assert {id(p) for p in params} == {id(p) for n, p in model.named_parameters()
+                                       if n.startswith(("layer3.", "layer4.", "fc."))}
+    set_train_mode(model)
+    assert not model.bn1.training and not model.layer2[0].bn1.training and model.layer3[0].bn1.training
+    before = model.layer1[0].bn1.running_mean.clone()
+    with taps(model, ["stage3", "stage4"]) as feats:
+        model(torch.randn(4, 3, 32, 32)).sum().backward()
+    assert not feats["stage3"].requires_grad and feats["stage3"].grad_fn is None  # no autograd graph in the prefix
+    assert feats["stage4"].requires_grad
+    assert torch.equal(model.layer1[0].bn1.running_mean, before)
+    assert model.conv1.weight.grad is None and model.layer3[0].conv1.weight.grad is not None
+    # frozen_bn="train": the reference behaviour, running statistics keep moving (and are not checked)
+    other = torchvision.models.resnet18(num_classes=10)
+    freeze(other, "stage4", frozen_bn="train")
+    set_train_mode(other)
+    assert other.layer1[0].bn1.training
+    keys = frozen_state_keys(other, "stage4", "train")
+    assert "layer1.0.conv1.weight" in keys and "layer1.0.bn1.running_mean" not in keys
+    assert "layer1.0.bn1.running_mean" in frozen_state_keys(other, "stage4", "eval")
+
+
+def test_bad_freeze_names():
+    with pytest.raises(UserError, match="unknown --freeze 'stage6'"):
+        freeze(build_model("resnet_mini", 10), "stage6")
+    model = build_model("resnet_mini", 10)
+    model.fc.requires_grad_(False)
+    with pytest.raises(UserError, match="leaves nothing to train"):
+        freeze(model, "head")
+
+
+def test_frozen_starsse_keeps_model_1s_frozen_tensors(tmp_path, tiny):
+    r = run_script("starsse.py", *tiny, "--freeze", "stage4", "--output_dir", tmp_path / "f")
+    assert r.returncode == 0, r.stderr
+    w = {i: load_weights(tmp_path / "f" / f"member_{i}.safetensors") for i in (1, 2, 3)}
+    for i in (2, 3):
+        for k in w[1]:
+            frozen = k.startswith(("conv1.", "bn1.", "layer1.", "layer2."))
+            assert torch.equal(w[i][k], w[1][k]) == frozen or k.endswith("num_batches_tracked"), (i, k)
+    recs = [load_json(tmp_path / "f" / f"member_{i}.json") for i in (1, 2)]
+    assert recs[0]["trainable_fraction"] == 1.0 and recs[0]["freeze"] == "none"  # model 1 fully fine-tuned
+    assert recs[1]["freeze"] == "stage4" and 0.5 < recs[1]["trainable_fraction"] < 1.0
+    assert load_json(tmp_path / "f" / "metrics.json")["method"] == "StarSSE (freeze stage4)"
+    r = run_script("starsse.py", *tiny, "--freeze", "stage4", "--frozen_bn", "train", "--output_dir", tmp_path / "t")
+    assert r.returncode == 0, r.stderr
+    t2 = load_weights(tmp_path / "t" / "member_2.safetensors")
+    assert torch.equal(t2["layer1.0.conv1.weight"], w[1]["layer1.0.conv1.weight"])
+    assert not torch.equal(t2["layer1.0.bn1.running_mean"], w[1]["layer1.0.bn1.running_mean"])
+
+
+def test_a_moving_frozen_tensor_fails_loudly(tmp_path, tiny):
+    exp = Experiment(parse(tiny + ["--output_dir", tmp_path / "x"]), "StarSSE")
+    w1 = exp.finetune(1)
+
+    def vandal(step):  # a bug that writes into a frozen weight
+        with torch.no_grad():
+            getattr(step.model, "module", step.model).conv1.weight.add_(1.0)
+        return step.logits.sum() * 0
+    with pytest.raises(RuntimeError, match="frozen tensors changed"):
+        exp.cycle(2, init=w1, loss_terms={"vandal": vandal}, freeze="stage4")
+    assert not exp.run.done(2)  # nothing saved for the member
+
+
+def test_peft_freeze_from_the_start(tmp_path, tiny, cache_dir):
+    r = run_script("peft_freeze.py", *tiny, "--members", "2", "--freeze", "stage5", "--output_dir", tmp_path / "p")
+    assert r.returncode == 0, r.stderr
+    pre = read_checkpoint(f"{cache_dir}/pretrained/digits-byol-seed0.safetensors")
+    for i in (1, 2):
+        w = load_weights(tmp_path / "p" / f"member_{i}.safetensors")
+        assert all(torch.equal(w[k], pre[k]) for k in pre if not k.startswith(("layer4.", "fc.")))
+        assert not torch.equal(w["layer4.0.conv1.weight"], pre["layer4.0.conv1.weight"])
+    assert load_json(tmp_path / "p" / "metrics.json")["method"] == "Local DE (freeze stage5)"
+    r = run_script("peft_freeze.py", *tiny, "--freeze", "fc7", "--output_dir", tmp_path / "q")
+    assert r.returncode == 2 and r.stderr.strip() == "error: unknown --freeze 'fc7' (choose from none, stage2, stage3, " \
+                                                     "stage4, stage5, head)"
+    assert not (tmp_path / "q").exists()
+
+
+def test_cycle_lr_mult(tiny):
+    args = parse(tiny + ["--lr", "0.05", "--cycle_lr_mult", "4"])
+    from lib.cli import finalize
+    assert finalize(args, "x").cycle_lr == pytest.approx(0.2)
