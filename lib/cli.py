@@ -43,8 +43,15 @@ DATASET_DEFAULTS = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with bad input reported as one line ('error: ...') and exit status 2, like every other check."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def base_parser(description):
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS), default="digits",
                    help="fine-tuning task (default: digits, the embedded default that ships with scikit-learn)")

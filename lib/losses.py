@@ -71,3 +71,100 @@ class FeatureSimilarity:
             self.reference(step.x)
         total = sum(w * self.divergence(step.features[name], ref_feats[name]) for name, w in self.layers.items())
         return self.alpha * total
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# diversity losses (thesis section 6): StarSSE-CE and StarSSE-WO
+
+def compute_dtype(accelerator):
+    """The dtype earlier members are held in: the mixed-precision dtype on accelerators, float32 on the CPU."""
+    if accelerator.device.type == "cpu":
+        return torch.float32
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def _draw(candidates, seed_parts):
+    """One of `candidates`, drawn from a stream seeded by seed_parts (seed, member, step): resumable, and
+    independent of every other random stream."""
+    from .train import seed_for
+    g = torch.Generator().manual_seed(seed_for(*seed_parts))
+    return candidates[int(torch.randint(len(candidates), (1,), generator=g))]
+
+
+class PredictionDiversity:
+    """StarSSE-CE: -alpha * CE(f_w(x), argmax f_wj(x)), with j an earlier member drawn for each batch.
+
+    mode "all": over every sample; "incorrect": only over the samples member j gets wrong (a batch where j is right
+    everywhere contributes exactly 0; the reference produced NaN there). j is drawn from members 2..i-1, and from
+    model 1 too with include_first; member 2 therefore trains without the term unless include_first.
+    Member j runs in eval mode without gradients on the same augmented batch.
+    """
+
+    def __init__(self, alpha, mode, include_first=False, seed=0):
+        check(math.isfinite(alpha), f"--alpha must be a finite number, got {alpha}")
+        check(mode in ("all", "incorrect"), f"--mode must be all or incorrect, got {mode!r}")
+        self.alpha, self.mode, self.include_first, self.seed = alpha, mode, include_first, seed
+        self.members = {}  # member index -> frozen model, held once each
+
+    def add(self, member, model, device, dtype=torch.float32):
+        if member >= 2 or self.include_first:
+            self.members[member] = frozen_copy(model, device).to(dtype)
+
+    def __call__(self, step):
+        candidates = sorted(j for j in self.members if j < step.member)
+        if not candidates:
+            return step.logits.sum() * 0.0
+        j = _draw(candidates, (self.seed, step.member, step.step))
+        other = self.members[j]
+        with torch.no_grad():
+            target = other(step.x.to(next(other.parameters()).dtype)).argmax(dim=-1)
+        if self.mode == "incorrect":
+            wrong = target != step.y
+            if not wrong.any():
+                return step.logits.sum() * 0.0
+            return -self.alpha * F.cross_entropy(step.logits[wrong], target[wrong])
+        return -self.alpha * F.cross_entropy(step.logits, target)
+
+
+def _named_params(model):
+    return getattr(model, "module", model).named_parameters()
+
+
+class WeightOrthogonality:
+    """StarSSE-WO: alpha * cos^2(w, w_j) over all flattened parameters, j an earlier member (2..i-1) drawn for each
+    batch. The vector is built from the live parameters, so the term's gradient reaches w (the reference built it
+    from detached `.data` and its term never changed training). space "delta": w - w_1 and w_j - w_1 instead of raw
+    weights (fine-tunes of one checkpoint have raw cos ~ 1)."""
+
+    def __init__(self, alpha, space="raw", seed=0):
+        check(math.isfinite(alpha), f"--alpha must be a finite number, got {alpha}")
+        check(space in ("raw", "delta"), f"--wo_space must be raw or delta, got {space!r}")
+        self.alpha, self.space, self.seed = alpha, space, seed
+        self.origin = None  # model 1's parameters (delta space)
+        self.members = {}   # member index -> {name: parameter tensor}
+
+    def add(self, member, model, device, dtype=torch.float32):
+        params = {n: p.detach().to(device, dtype).clone() for n, p in model.named_parameters()}
+        if member == 1:
+            self.origin = params if self.space == "delta" else None
+        else:
+            self.members[member] = params
+
+    def cos2(self, named_params, other):
+        dot = norm_w = norm_o = 0.0
+        for name, p in named_params:
+            dt = torch.promote_types(p.dtype, torch.float32)  # at least float32 for the sums
+            w, o = p.to(dt), other[name].to(dt)
+            if self.origin is not None:
+                w, o = w - self.origin[name].to(dt), o - self.origin[name].to(dt)
+            dot = dot + (w * o).sum()
+            norm_w = norm_w + (w * w).sum()
+            norm_o = norm_o + (o * o).sum()
+        return dot * dot / (norm_w * norm_o).clamp_min(1e-30)
+
+    def __call__(self, step):
+        candidates = sorted(j for j in self.members if j < step.member)
+        if not candidates:
+            return step.logits.sum() * 0.0
+        j = _draw(candidates, (self.seed, step.member, step.step))
+        return self.alpha * self.cos2(_named_params(step.model), self.members[j])

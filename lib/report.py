@@ -9,7 +9,8 @@ from .runs import find_run_dirs, load_json
 # the thesis' row order; other methods follow alphabetically
 METHOD_ORDER = ["Scratch", "Scratch DE", "Fine-tune", "Local DE", "Global DE", "SSE", "StarSSE", "SSE-RTD", "SSE-MSE",
                 "StarSSE-RTD", "StarSSE-MSE", "StarSSE (freeze stage4)", "StarSSE (freeze stage5)",
-                "StarSSE (freeze head)"]
+                "StarSSE (freeze head)", "StarSSE-CE (all)", "StarSSE-CE (incorrect)", "StarSSE-WO",
+                "StarSSE-WO (delta)"]
 DDOF = 1  # sample standard deviation over runs
 COLUMNS = [("avg_member_accuracy", "avg. acc."), ("diversity", "div."), ("ensemble_accuracy", "ens. acc."),
            ("nll", "NLL"), ("ece", "ECE")]

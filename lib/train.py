@@ -51,6 +51,7 @@ class Step:
     features: dict = field(default_factory=dict)  # outputs of the tapped stages
     model: torch.nn.Module = None
     member: int = 0
+    step: int = 0  # iteration within the member (epoch * iterations per epoch + i): seeds per-step draws
 
 
 def predict(accelerator, model, loader):
@@ -111,7 +112,7 @@ def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_
             with stage_taps(model, taps) as feats, accelerator.autocast():
                 logits = model(x)
                 ce = F.cross_entropy(logits, y)
-                terms = {name: term(Step(x, y, logits, feats, model, member)) for name, term in loss_terms.items()}
+                terms = {name: term(Step(x, y, logits, feats, model, member, step)) for name, term in loss_terms.items()}
                 loss = ce + sum(terms.values())
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)

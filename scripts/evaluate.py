@@ -12,6 +12,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.cli import Parser  # noqa: E402
 from lib.errors import UserError, check, cli_main  # noqa: E402
 from lib.experiment import format_result  # noqa: E402
 from lib.runs import RunDir, load_json, run_summary, save_array, save_json  # noqa: E402
@@ -40,7 +41,7 @@ def repredict(run, config, n):
 
 @cli_main
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("--from_weights", action="store_true", help="predict the test set again from the saved weights")
     p.add_argument("--cpu", action="store_true", help="with --from_weights: use the CPU even if a GPU is present")

@@ -12,13 +12,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.cli import Parser  # noqa: E402
 from lib.errors import check, cli_main  # noqa: E402
 from lib.pretrain import BYOL_DEFAULTS, default_checkpoint, pretrain_digits  # noqa: E402
 
 
 @cli_main
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seed", type=int, default=0, help="pre-training seed (one checkpoint per seed)")
     p.add_argument("--method", choices=["byol", "supervised"], default="byol")
     p.add_argument("--epochs", type=int, default=BYOL_DEFAULTS["epochs"])

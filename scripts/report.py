@@ -11,6 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.cli import Parser  # noqa: E402
 from lib.errors import check, cli_main  # noqa: E402
 from lib.report import load_runs, markdown_table, plot_curves, summarize_groups, write_csv  # noqa: E402
 from lib.runs import atomic_write  # noqa: E402
@@ -18,7 +19,7 @@ from lib.runs import atomic_write  # noqa: E402
 
 @cli_main
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", help="run directories, or folders holding them")
     p.add_argument("--group_by", nargs="+", default=["method"], help="config keys that define a row (method first)")
     p.add_argument("--out", default="runs/report", help="output folder")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the embedded default (scikit-learn digits, CPU): pre-training, Local DE, Global DE, SSE,
-# StarSSE, SSE-RTD, SSE-MSE and frozen-stage StarSSE with 2 runs each, a from-scratch baseline, then the results table. `make demo` runs it.
+# The main job on the embedded default (scikit-learn digits, CPU): pre-training, then Local DE, Global DE, SSE,
+# StarSSE, SSE-RTD, SSE-MSE, frozen-stage StarSSE, StarSSE-CE and StarSSE-WO with 2 runs each and a from-scratch
+# baseline, then the results table. `make demo` runs it.
 #
 # The paper's protocol at CPU size: each run r in {0, 1} fine-tunes pre-trained checkpoint r with seed r
 # (the thesis uses 2 checkpoints x 3 seeds); Global DE fine-tunes the 4 checkpoints once each.
@@ -34,6 +35,10 @@ for r in $RUNS; do
   # frozen-stage StarSSE: cycles 2..M train stage4, stage5 and fc only, at 4x the phase-I lr (thesis optimum x3-x5)
   $PY scripts/starsse.py $COMMON --freeze stage4 --cycle_lr_mult 4 --pretrained "$(ckpt "$r")" --seed "$r" \
       --output_dir "$OUT/starsse_freeze/run$r"
+  # diversity losses: StarSSE-CE on the samples member j gets wrong (alpha 0.1) and StarSSE-WO (alpha 10)
+  $PY scripts/starsse_ce.py $COMMON --mode incorrect --alpha 0.1 --pretrained "$(ckpt "$r")" --seed "$r" \
+      --output_dir "$OUT/starsse_ce/run$r"
+  $PY scripts/starsse_wo.py $COMMON --alpha 10 --pretrained "$(ckpt "$r")" --seed "$r" --output_dir "$OUT/starsse_wo/run$r"
 done
 
 echo "== results ($(( $(date +%s) - start )) s)"

@@ -7,7 +7,8 @@ import pytest
 
 from conftest import REPO, parse
 
-SWEEPS = ["cifar100_core.sh", "cifar100_cycle_grid.sh", "cifar100_similarity.sh", "cifar100_peft.sh"]
+SWEEPS = ["cifar100_core.sh", "cifar100_cycle_grid.sh", "cifar100_similarity.sh", "cifar100_peft.sh",
+          "cifar100_diversity.sh"]
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
@@ -41,6 +42,11 @@ def test_sweep_commands_parse(tmp_path, sweep):
         assert alphas == [0.0316, 0.1, 0.316, 1, 3.16, 10]
         alphas = sorted({float(c[c.index("--alpha") + 1]) for c in commands if "mse" in c and "--star" not in c})
         assert alphas == [0.1, 1, 10, 20, 40]
+    elif sweep == "cifar100_diversity.sh":
+        ce = {(c[c.index("--mode") + 1], float(c[c.index("--alpha") + 1])) for c in commands if c[0].endswith("_ce.py")}
+        assert ce == {(m, a) for m in ("all", "incorrect") for a in (0.00316, 0.01, 0.0316, 0.1, 0.316)}
+        wo = sorted(float(c[c.index("--alpha") + 1]) for c in commands if c[0].endswith("_wo.py"))
+        assert sorted(set(wo)) == [-31.6, -10, -3.16, 1, 3.16, 10, 31.6]
     elif sweep == "cifar100_peft.sh":
         grid = {(c[c.index("--freeze") + 1], float(c[c.index("--cycle_lr_mult") + 1])) for c in commands
                 if c[0].endswith("starsse.py")}
