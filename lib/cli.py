@@ -23,6 +23,7 @@ DATASET_DEFAULTS = {
         cycle_lr=0.02,            # 2x phase I, the paper's optimal ratio
         cycle_epochs=20,          # 0.5x phase I, the paper's optimal ratio
         num_workers=0,            # in-memory tensors: workers would only add start-up time
+        data_pipeline="torchvision",
         eval_batch_size=1024,
     ),
     "cifar100": dict(
@@ -37,7 +38,8 @@ DATASET_DEFAULTS = {
         members=5,
         cycle_lr=0.1,             # thesis optimum for SSE and StarSSE: 2x lr, 12-epoch cycles
         cycle_epochs=12,
-        num_workers=8,
+        num_workers=8,            # torchvision pipeline only
+        data_pipeline="device",   # 32x32 uint8 images upsampled and augmented on the GPU, not per sample in workers
         eval_batch_size=512,
     ),
 }
@@ -61,6 +63,9 @@ def base_parser(description):
     d.add_argument("--image_size", type=int, default=None, help="training crop size for --augment reference (224)")
     d.add_argument("--labels_per_class", type=int, default=None, help="digits: labelled images per class (4)")
     d.add_argument("--num_workers", type=int, default=None, help="DataLoader workers per process")
+    d.add_argument("--data_pipeline", choices=["device", "torchvision"], default=None,
+                   help="device: uint8 images in memory, augmented in batches on the training device (cifar100 "
+                        "default); torchvision: per-sample transforms in DataLoader workers (digits default)")
     m = p.add_argument_group("model")
     m.add_argument("--arch", default=None, help="resnet50 | resnet18 | resnet_mini (dataset default)")
     m.add_argument("--pretrained", nargs="+", default=None,
@@ -90,6 +95,13 @@ def base_parser(description):
                    help="default: the accelerate launch config's, else no. GPU only in practice: on CPU accelerate "
                         "ignores fp16 and bf16 is very slow")
     r.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    r.add_argument("--member_parallel", action="store_true",
+                   help="with K processes, train different members on different processes (StarSSE rays, DE "
+                        "members; no gradient all-reduce); results are identical to a one-process run")
+    r.add_argument("--channels_last", choices=["auto", "on", "off"], default="auto",
+                   help="channels_last memory format (auto: on CUDA)")
+    r.add_argument("--no_sync_bn", dest="sync_bn", action="store_false",
+                   help="with DDP on GPUs, keep per-process BatchNorm statistics instead of SyncBatchNorm")
     r.add_argument("--with_tracking", action="store_true", help="log to TensorBoard in <output_dir>/tensorboard")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -113,7 +125,7 @@ def finalize(args, method):
     """Fill dataset defaults, check values, and set args.method. Returns args."""
     for key, value in DATASET_DEFAULTS[args.dataset].items():
         if getattr(args, key, None) is None:
-            setattr(args, key, value)
+            setattr(args, key, min(value, os.cpu_count() or 1) if key == "num_workers" else value)
     for key in ("epochs", "members", "cycle_epochs", "batch_size", "eval_batch_size", "image_size"):
         check(getattr(args, key) > 0, f"--{key} must be positive, got {getattr(args, key)}")
     for key in ("lr", "cycle_lr", "weight_decay", "momentum"):

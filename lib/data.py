@@ -83,9 +83,16 @@ def digits_train_transform():
                       T.RandomRotation(10), digits_normalize()])
 
 
-def load_digits_task(labels_per_class):
+def load_digits_task(labels_per_class, pipeline="torchvision"):
     x, y = digits_arrays()
     finetune, test, _ = digits_splits(y, labels_per_class)
+    if pipeline == "device":
+        from .device_data import DeviceImages
+        u8 = (x * 255).round().to(torch.uint8)
+        norm = digits_normalize()
+        train = DeviceImages(u8[finetune], y[finetune], "digits", DIGITS_SIZE, norm.mean, norm.std)
+        test_ds = DeviceImages(u8[test], y[test], "test", DIGITS_SIZE, norm.mean, norm.std)
+        return TaskData(train, test_ds, 10, y[test])
     train = TensorImages(x[finetune], y[finetune], digits_train_transform())
     test_ds = TensorImages(x[test], y[test], digits_normalize())
     return TaskData(train, test_ds, 10, y[test])
@@ -135,7 +142,7 @@ def _cifar100_class():
     return CIFAR100Folder
 
 
-def load_cifar100_task(data_dir, augment, image_size, download=False):
+def load_cifar100_task(data_dir, augment, image_size, download=False, pipeline="torchvision"):
     CIFAR100 = _cifar100_class()
     root = cifar100_root(data_dir)
     folder = os.path.join(root, "cifar-100-python")
@@ -150,6 +157,15 @@ def load_cifar100_task(data_dir, augment, image_size, download=False):
         test = CIFAR100(root, train=False, transform=test_tf, download=download)
     except Exception as e:  # corrupted pickles, failed download
         check(False, f"CIFAR-100 in {folder} could not be loaded ({type(e).__name__}: {e})")
+    if pipeline == "device":  # uint8 tensors in memory, augmented in batches on the training device
+        from .device_data import DeviceImages
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if augment == "reference" else (CIFAR100_MEAN, CIFAR100_STD)
+        to_u8 = lambda d: torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2)))
+        size = image_size if augment == "reference" else 32
+        train = DeviceImages(to_u8(train), train.targets, augment, size, mean, std)
+        test = DeviceImages(to_u8(test), test.targets, "test_reference" if augment == "reference" else "test",
+                            size, mean, std)
+        return TaskData(train, test, 100, test.labels.numpy())
     return TaskData(train, test, 100, np.asarray(test.targets, dtype=np.int64))
 
 
@@ -157,22 +173,27 @@ def load_task(args):
     """The fine-tuning task named by --dataset, with its augmentation."""
     check(args.augment in AUGMENTS[args.dataset],
           f"--augment {args.augment} is not available for {args.dataset} (choose from {AUGMENTS[args.dataset]})")
+    pipeline = getattr(args, "data_pipeline", "torchvision")
     if args.dataset == "digits":
-        return load_digits_task(args.labels_per_class)
-    return load_cifar100_task(args.data_dir, args.augment, args.image_size, args.download)
+        return load_digits_task(args.labels_per_class, pipeline)
+    return load_cifar100_task(args.data_dir, args.augment, args.image_size, args.download, pipeline)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # loaders
 
-def train_loader(dataset, batch_size, num_processes, process_index, seed, num_workers=0):
+def train_loader(dataset, batch_size, num_processes, process_index, seed, num_workers=0, device="cpu"):
     """A training loader whose order depends only on (seed, epoch): call `loader.sampler.set_epoch(e)` each epoch.
 
     Each process reads its own shard (DistributedSampler), so the loader is not passed through
-    accelerator.prepare; `batch_size` is the global batch, split evenly over the processes.
+    accelerator.prepare; `batch_size` is the global batch, split evenly over the processes. A DeviceImages
+    data set gets a DeviceLoader, which yields batches already augmented on `device`.
     """
     check(batch_size % num_processes == 0,
           f"--batch_size {batch_size} must be divisible by the number of processes ({num_processes})")
+    from .device_data import DeviceImages, DeviceLoader
+    if isinstance(dataset, DeviceImages):
+        return DeviceLoader(dataset, batch_size // num_processes, num_processes, process_index, seed, device)
     sampler = DistributedSampler(dataset, num_replicas=num_processes, rank=process_index, shuffle=True,
                                  seed=seed, drop_last=False)
     return DataLoader(dataset, batch_size=batch_size // num_processes, sampler=sampler, num_workers=num_workers,
@@ -180,6 +201,10 @@ def train_loader(dataset, batch_size, num_processes, process_index, seed, num_wo
 
 
 def test_loader(dataset, batch_size, num_workers=0):
-    """The evaluation loader in dataset order; pass it through accelerator.prepare and use gather_for_metrics."""
+    """The evaluation loader in dataset order; pass it through accelerator.prepare and use gather_for_metrics.
+    (A DeviceImages test set is transformed on the device by lib.train.predict_many: no workers needed.)"""
+    from .device_data import DeviceImages
+    if isinstance(dataset, DeviceImages):
+        num_workers = 0
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=torch.cuda.is_available())

@@ -30,9 +30,14 @@ HEAD_STREAM = 7  # seed stream of a fresh head: (seed, member, HEAD_STREAM)
 
 
 class Experiment:
-    def __init__(self, args, method, max_checkpoints=1):
+    def __init__(self, args, method, max_checkpoints=1, member_parallel_ok=False):
         self.args, self.method = finalize(args, method), method
+        check(not args.member_parallel or member_parallel_ok,
+              f"--member_parallel: {method} members depend on earlier members, so they cannot be trained in parallel "
+              f"(it is for StarSSE, StarSSE-RTD/MSE, frozen StarSSE and Local/Global DE)")
         self.accelerator = acc = make_accelerator(args)
+        # member-parallel: each process trains whole members alone (no gradient all-reduce)
+        self.parallel = bool(args.member_parallel) and acc.num_processes > 1
         args.mixed_precision = acc.mixed_precision  # as resolved from the flag or the launch config
         self.checkpoints = self._resolve_pretrained(max_checkpoints)
         self.data = load_task(args)
@@ -92,34 +97,49 @@ class Experiment:
         checkpoint = checkpoint or self.checkpoints[0]
         if self.run.done(member):
             return self._load_member(member)
+        # member-parallel: phase I (member 1, which every ray needs) on process 0 while the others wait; other
+        # fine-tunes on process (member - 1) mod K, without waiting
+        owner = 0 if member == 1 else (member - 1) % acc.num_processes
+        mine = not self.parallel or acc.process_index == owner
+        if not mine:
+            if member == 1:
+                acc.wait_for_everyone()
+                return self._load_member(member)
+            return None
         key = {"checkpoint": "scratch" if checkpoint == "scratch" else file_digest(checkpoint), "member": member,
                **{k: getattr(args, k) for k in ("dataset", "labels_per_class", "augment", "image_size", "arch", "seed",
                                                  "epochs", "lr", "weight_decay", "momentum", "batch_size",
                                                  "lr_granularity", "mixed_precision")},
-               **({"freeze": freeze, "frozen_bn": frozen_bn} if freeze != "none" else {})}
+               **({"freeze": freeze, "frozen_bn": frozen_bn} if freeze != "none" else {}),
+               **({"data_pipeline": "device"} if args.data_pipeline == "device" else {})}
+        writer = self.parallel or acc.is_main_process
         cache = RunDir(os.path.join(args.cache_dir, "finetune",
                                     hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]),
-                       key, is_main=acc.is_main_process)
-        acc.wait_for_everyone()
+                       key, is_main=writer)
+        if not self.parallel:
+            acc.wait_for_everyone()
         if not cache.done(1):
             model = self._init_model(checkpoint, member)
             self._train(cache, 1, model, member_schedule(args, 1, self.iters), args.epochs, seed_for(args.seed, member),
                         init=f"pretrained:{checkpoint}", step_offset=self._step_offset(member, finetune=True),
                         desc=f"member {member} (fine-tune)", freeze=freeze, frozen_bn=frozen_bn)
-        if acc.is_main_process:
+        if writer:
             for src, dst in [(cache.weights(1), self.run.weights(member)), (cache.probs(1), self.run.probs(member))]:
                 link_or_copy(src, dst)
             save_json(self.run.record(member), dict(load_json(cache.record(1)), member=member, cached=cache.path))
-        acc.wait_for_everyone()
+        if not self.parallel or member == 1:
+            acc.wait_for_everyone()
         return self._load_member(member)
 
     def cycle(self, member, init, loss_terms=None, taps=(), freeze="none", frozen_bn="eval"):
         """Member `member`: a cosine cycle from cycle_lr to 0 over cycle_epochs, starting from weights `init`,
         with a fresh optimizer (momentum reset). `loss_terms`/`taps`: extra loss terms (lib.train.fit).
         `freeze`: train only the stages after it (lib.models.freeze); the frozen tensors are checked at the end."""
-        args = self.args
+        args, acc = self.args, self.accelerator
         if self.run.done(member):
             return self._load_member(member)
+        if self.parallel and acc.process_index != (member - 2) % acc.num_processes:
+            return None  # member-parallel: another process trains this ray
         self._train(self.run, member, self.model(init), member_schedule(args, member, self.iters), args.cycle_epochs,
                     seed_for(args.seed, member), init="given weights", loss_terms=loss_terms, taps=taps,
                     step_offset=self._step_offset(member), desc=f"member {member} (cycle)", freeze=freeze,
@@ -140,14 +160,15 @@ class Experiment:
         keep = {k: model.state_dict()[k].clone() for k in frozen_state_keys(model, freeze, frozen_bn)}
         params = freeze_stages(model, freeze, frozen_bn)
         model, history, _ = fit(acc, model, self.data.train, self.args, lrs, epochs, seed, run.resume(slot),
-                                member=slot, step_offset=step_offset, desc=desc, params=params, **fit_kwargs)
+                                member=slot, step_offset=step_offset, desc=desc, params=params, local=self.parallel,
+                                **fit_kwargs)
         state = model.state_dict()
         moved = [k for k, v in keep.items() if not torch.equal(state[k].cpu(), v)]
         if moved:  # a frozen tensor moved: a bug, never a result
             raise RuntimeError(f"{desc}: frozen tensors changed during training: {moved[:5]} ({len(moved)} in all)")
         trainable = sum(p.numel() for p in params)
-        probs = predict(acc, model, self.test_loader)
-        if acc.is_main_process:
+        probs = predict(acc, model, self.test_loader, local=self.parallel)
+        if self.parallel or acc.is_main_process:
             save_weights(run.weights(slot), model.state_dict())
             save_array(run.probs(slot), probs)
             epoch_seconds = [h["seconds"] for h in history]
@@ -155,11 +176,12 @@ class Experiment:
                 "init": init, "epochs": epochs, "lr_start": float(lrs[0]), "freeze": freeze, "frozen_bn": frozen_bn,
                 "seconds": time.time() - t0, "seconds_per_epoch": float(np.mean(epoch_seconds)) if history else None,
                 "trainable_params": trainable, "total_params": total_params,
-                "trainable_fraction": trainable / total_params,
+                "trainable_fraction": trainable / total_params, "process": acc.process_index,
                 "test_accuracy": metrics.accuracy(probs, self.data.test_labels), "history": history})
             if os.path.exists(run.resume(slot)):
                 os.remove(run.resume(slot))
-        acc.wait_for_everyone()
+        if not self.parallel:
+            acc.wait_for_everyone()
 
     def _step_offset(self, member, finetune=False):
         """TensorBoard step of a member's first iteration (members laid end to end)."""
@@ -181,8 +203,12 @@ class Experiment:
         labels = self.data.test_labels
         acc_i = metrics.accuracy(probs[-1], labels)
         ens = metrics.ensemble_accuracy(probs, labels)
-        self.accelerator.print(f"[{self.method}] member {member}/{self.args.members}: test acc {acc_i:.2f} % | "
-                               f"ensemble of {len(present)}: {ens:.2f} %")
+        line = f"[{self.method}] member {member}/{self.args.members}: test acc {acc_i:.2f} % | " \
+               f"ensemble of {len(present)}: {ens:.2f} %"
+        if self.parallel:
+            print(f"{line} (process {self.accelerator.process_index})", flush=True)
+        else:
+            self.accelerator.print(line)
         if self.args.with_tracking:
             log = {f"test/member_{member}_acc": acc_i, "test/ensemble_acc": ens}
             if len(present) > 1:
@@ -194,6 +220,7 @@ class Experiment:
     def finish(self):
         """Compute metrics.json from the saved probabilities and print the results."""
         acc, args = self.accelerator, self.args
+        acc.wait_for_everyone()  # member-parallel: every process has written its members
         n = self.run.completed_members()
         check(n >= 1, f"no finished member in {self.run.path}")
         result = run_summary(self.run, self.run.load_probs(n), self.data.test_labels, self.run.config)
@@ -201,9 +228,9 @@ class Experiment:
             save_json(self.run.file("metrics.json"), result)
         if args.with_tracking:
             acc.log({f"test/ensemble_acc_size_{k + 1}": v for k, v in enumerate(result["ensemble_accuracy_by_size"])})
-            acc.end_training()
         acc.print(format_result(result))
         acc.wait_for_everyone()
+        acc.end_training()  # closes the trackers and the process group
         return result
 
 

@@ -282,3 +282,30 @@ def frozen_state_keys(model, stage, frozen_bn="eval"):
 def trainable_fraction(model):
     total = sum(p.numel() for p in model.parameters())
     return sum(p.numel() for p in model.parameters() if p.requires_grad) / total
+
+
+def to_sync_batchnorm(model):
+    """BatchNorm -> SyncBatchNorm (statistics over the global batch under DDP), keeping frozen-stage flags."""
+    frozen = {name for name, m in model.named_modules() if getattr(m, "frozen_bn_eval", False)}
+    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, m in model.named_modules():
+        if name in frozen:
+            m.frozen_bn_eval = True
+    return model
+
+
+def from_sync_batchnorm(model):
+    """SyncBatchNorm -> BatchNorm2d in place (same parameters and buffers): saved members are plain ResNets."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+            bn.load_state_dict(child.state_dict())
+            if child.affine:  # keep the Parameter objects (and their requires_grad)
+                bn.weight, bn.bias = child.weight, child.bias
+            bn.train(child.training)
+            if getattr(child, "frozen_bn_eval", False):
+                bn.frozen_bn_eval = True
+            setattr(model, name, bn)
+        else:
+            from_sync_batchnorm(child)
+    return model

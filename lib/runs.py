@@ -20,7 +20,7 @@ from .errors import UserError, check
 
 # arguments that do not change any result, so a re-run may change them
 NON_RESULT_ARGS = {"with_tracking", "num_workers", "output_dir", "cache_dir", "data_dir", "download", "cpu",
-                   "eval_batch_size", "quiet"}
+                   "eval_batch_size", "quiet", "member_parallel"}
 
 
 _UMASK = os.umask(0)
@@ -90,7 +90,8 @@ def link_or_copy(src, dst):
 
 # arguments added after runs were made, with the value that reproduces the older behaviour: a run directory written
 # before they existed resumes when they keep that value
-LATER_ARGS = {"freeze": "none", "frozen_bn": "eval", "cycle_lr_mult": None}
+LATER_ARGS = {"freeze": "none", "frozen_bn": "eval", "cycle_lr_mult": None, "data_pipeline": "torchvision",
+              "channels_last": "auto", "sync_bn": True}
 
 
 def config_diff(old, new):

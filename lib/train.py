@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import train_loader
-from .models import set_train_mode, taps as stage_taps
+from .models import from_sync_batchnorm, set_train_mode, taps as stage_taps, to_sync_batchnorm
 from .runs import save_torch
 
 # test hook: a process that set this exits abruptly (no clean-up, like a kill) after that many epochs in total
@@ -54,59 +54,93 @@ class Step:
     step: int = 0  # iteration within the member (epoch * iterations per epoch + i): seeds per-step draws
 
 
-def predict(accelerator, model, loader):
-    """Test-set probabilities (samples, classes) as float32 numpy, each sample exactly once, in dataset order."""
-    loader = accelerator.prepare(loader)
-    model = accelerator.unwrap_model(model)
-    was_training = model.training
-    model.eval()
-    out = []
+def channels_last(args, accelerator):
+    """Whether to use channels_last memory format: on CUDA unless --channels_last off (it slows CPU convolutions)."""
+    choice = getattr(args, "channels_last", "auto")
+    return choice == "on" or (choice == "auto" and accelerator.device.type == "cuda")
+
+
+def predict_many(accelerator, models, loader, local=False, memory_format=torch.contiguous_format):
+    """Test-set probabilities of several models in ONE pass over the test set: (models, samples, classes) float32
+    numpy, each sample exactly once, in dataset order (gather_for_metrics over processes; local=True: this process
+    alone reads the whole test set, as member-parallel runs do)."""
+    transform = getattr(loader.dataset, "transform_batch", None)  # device pipeline: test transform on the device
+    if not local:
+        loader = accelerator.prepare(loader)
+    models = [accelerator.unwrap_model(m) for m in models]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    out = [[] for _ in models]
     with torch.inference_mode(), accelerator.autocast():
         for x, _y in loader:
-            probs = model(x).float().softmax(dim=-1)
-            out.append(accelerator.gather_for_metrics(probs).cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy().astype(np.float32)
+            x = x.to(accelerator.device, non_blocking=True)
+            if transform is not None:
+                x = transform(x)
+            x = x.contiguous(memory_format=memory_format)
+            for k, m in enumerate(models):
+                probs = m(x).float().softmax(dim=-1)
+                out[k].append((probs if local else accelerator.gather_for_metrics(probs)).cpu())
+    for m, mode in zip(models, modes):
+        m.train(mode)
+    return np.stack([torch.cat(o).numpy().astype(np.float32) for o in out])
+
+
+def predict(accelerator, model, loader, local=False, memory_format=torch.contiguous_format):
+    """Test-set probabilities (samples, classes) of one model; see predict_many."""
+    return predict_many(accelerator, [model], loader, local, memory_format)[0]
 
 
 def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_terms=None, taps=(),
-        member=0, step_offset=0, desc="train", params=None):
+        member=0, step_offset=0, desc="train", params=None, local=False):
     """Train `model` for `epochs` with learning rates `lrs[step]` and a fresh SGD (momentum reset); returns it.
 
     Resumes from `resume_path` when it exists; writes it (atomically) after every epoch. Randomness of epoch e
     (data order, augmentation) comes from (seed, e), so a resumed member is identical to an uninterrupted one.
-    `params`: the parameters to optimise (default: all with requires_grad).
+    `params`: the parameters to optimise (default: all with requires_grad). local=True: this process trains the
+    member alone (member-parallel runs): the whole data set, no DDP, no collective operation, exactly as a
+    one-process run would.
     """
     loss_terms = loss_terms or {}
-    loader = train_loader(dataset, args.batch_size, accelerator.num_processes, accelerator.process_index,
-                          seed, args.num_workers)
+    world, rank = (1, 0) if local else (accelerator.num_processes, accelerator.process_index)
+    loader = train_loader(dataset, args.batch_size, world, rank, seed, args.num_workers, accelerator.device)
     iters = len(loader)
     assert len(lrs) == epochs * iters, f"schedule has {len(lrs)} steps, expected {epochs} x {iters}"
     params = [p for p in model.parameters() if p.requires_grad] if params is None else params
     optimizer = torch.optim.SGD(params, lr=float(lrs[0]), momentum=args.momentum, weight_decay=args.weight_decay)
-    start_epoch = 0
+    start_epoch, state = 0, None
     if os.path.exists(resume_path):
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
-        accelerator.print(f"{desc}: resuming at epoch {start_epoch + 1}/{epochs} from {resume_path}")
-    model, optimizer = accelerator.prepare(model, optimizer)
-    if os.path.exists(resume_path) and accelerator.scaler is not None and state.get("scaler"):
+        print(f"{desc}: resuming at epoch {start_epoch + 1}/{epochs} from {resume_path}", flush=True)
+    fmt = torch.channels_last if channels_last(args, accelerator) else torch.contiguous_format
+    model = model.to(accelerator.device, memory_format=fmt)
+    if local:  # no DDP wrapper: gradients stay in this process
+        optimizer = accelerator.prepare_optimizer(optimizer)
+    else:
+        if world > 1 and accelerator.device.type == "cuda" and getattr(args, "sync_bn", True):
+            model = to_sync_batchnorm(model)  # BatchNorm over the global batch, as on the paper's single GPU
+        model, optimizer = accelerator.prepare(model, optimizer)
+    if state is not None and accelerator.scaler is not None and state.get("scaler"):
         accelerator.scaler.load_state_dict(state["scaler"])
     bar = tqdm(total=(epochs - start_epoch) * iters, desc=desc, leave=False, dynamic_ncols=True,
-               disable=args.quiet or not accelerator.is_local_main_process)
+               disable=args.quiet or not (local or accelerator.is_local_main_process))
     exit_after = int(os.environ.get(EXIT_AFTER_EPOCHS, "0"))
+    names = ["loss", "ce", *loss_terms]
     history = []
     for epoch in range(start_epoch, epochs):
         t0 = time.time()
         loader.sampler.set_epoch(epoch)
-        torch.manual_seed(seed_for(seed, epoch, accelerator.process_index))  # augmentation stream of this epoch
+        torch.manual_seed(seed_for(seed, epoch, rank))  # augmentation stream of this epoch
         set_train_mode(model)  # BatchNorm of frozen stages stays in eval mode
-        sums = {"loss": 0.0, "ce": 0.0, "correct": 0.0, "n": 0.0, **{k: 0.0 for k in loss_terms}}
+        # running sums stay on the device: one synchronisation per epoch, not several per step
+        sums = torch.zeros(len(names) + 2, device=accelerator.device)  # names..., correct, n
         for it, (x, y) in enumerate(loader):
             step = epoch * iters + it
-            x, y = x.to(accelerator.device, non_blocking=True), y.to(accelerator.device, non_blocking=True)
+            x = x.to(accelerator.device, non_blocking=True).contiguous(memory_format=fmt)
+            y = y.to(accelerator.device, non_blocking=True)
             for group in optimizer.param_groups:
                 group["lr"] = float(lrs[step])
             with stage_taps(model, taps) as feats, accelerator.autocast():
@@ -117,36 +151,36 @@ def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             optimizer.step()
-            n = len(y)
-            sums["n"] += n
-            sums["loss"] += loss.item() * n
-            sums["ce"] += ce.item() * n
-            sums["correct"] += (logits.argmax(-1) == y).sum().item()
-            for name, value in terms.items():
-                sums[name] += float(value.detach()) * n
+            with torch.no_grad():
+                values = torch.stack([loss.detach().float(), ce.detach().float(),
+                                      *[v.detach().float() for v in terms.values()]])
+                sums[:len(names)] += values * len(y)
+                sums[-2] += (logits.argmax(-1) == y).sum()
+                sums[-1] += len(y)
             if args.with_tracking:
                 accelerator.log({"train/lr": float(lrs[step]), "train/loss_step": loss.item(),
-                                 **{f"train/{k}_step": float(v.detach()) for k, v in terms.items()}}, step=step_offset + step)
+                                 **{f"train/{k}_step": float(v.detach()) for k, v in terms.items()}},
+                                step=step_offset + step)
             bar.update(1)
-        totals = accelerator.reduce(torch.tensor([sums[k] for k in sums], device=accelerator.device), "sum").tolist()
-        totals = dict(zip(sums, totals))
+        totals = (sums if local else accelerator.reduce(sums, "sum")).tolist()
         record = {"epoch": epoch + 1, "seconds": time.time() - t0, "lr": float(lrs[epoch * iters]),
-                  "train_acc": 100.0 * totals["correct"] / totals["n"],
-                  **{k: totals[k] / totals["n"] for k in ["loss", "ce", *loss_terms]}}
+                  "train_acc": 100.0 * totals[-2] / totals[-1],
+                  **{k: totals[i] / totals[-1] for i, k in enumerate(names)}}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
         if args.with_tracking:
             accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"},
                             step=step_offset + (epoch + 1) * iters - 1)
-        if accelerator.is_main_process:
-            save_torch(resume_path, {"model": accelerator.unwrap_model(model).state_dict(),
+        if local or accelerator.is_main_process:
+            save_torch(resume_path, {"model": from_sync_batchnorm(accelerator.unwrap_model(model)).state_dict(),
                                      "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                                      "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None})
-        accelerator.wait_for_everyone()
+        if not local:
+            accelerator.wait_for_everyone()
         _epochs_done_in_process[0] += 1
         if exit_after and _epochs_done_in_process[0] >= exit_after:
             os._exit(3)
     bar.close()
-    model = accelerator.unwrap_model(model)
+    model = from_sync_batchnorm(accelerator.unwrap_model(model)).to(memory_format=torch.contiguous_format)
     accelerator.free_memory()  # drop accelerate's references to this member's model and optimizer
     return model, history, iters

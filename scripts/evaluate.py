@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib.cli import Parser  # noqa: E402
 from lib.errors import UserError, check, cli_main  # noqa: E402
@@ -19,24 +21,25 @@ from lib.runs import RunDir, load_json, run_summary, save_array, save_json  # no
 
 
 def repredict(run, config, n):
-    """Predict the test set again with every member's saved weights; returns (members, samples, classes)."""
-    import numpy as np
+    """Predict the test set again with every member's saved weights, all members in one pass over the test set;
+    returns (accelerator, probs of shape (members, samples, classes))."""
     from lib.data import load_task, test_loader
     from lib.models import build_model
     from lib.runs import load_weights
-    from lib.train import make_accelerator, predict
+    from lib.train import channels_last, make_accelerator, predict_many
     args = argparse.Namespace(**config)
     args.cpu = args.cpu or False
     args.with_tracking = False
     acc = make_accelerator(args)
     data = load_task(args)
-    loader = test_loader(data.test, args.eval_batch_size)
-    probs = []
+    fmt = torch.channels_last if channels_last(args, acc) else torch.contiguous_format
+    models = []
     for i in range(1, n + 1):
         model = build_model(args.arch, data.num_classes)
         model.load_state_dict(load_weights(run.weights(i)))
-        probs.append(predict(acc, model.to(acc.device), loader))
-    return acc, np.stack(probs)
+        models.append(model.to(acc.device, memory_format=fmt))
+    return acc, predict_many(acc, models, test_loader(data.test, args.eval_batch_size, min(args.num_workers, 4)),
+                             memory_format=fmt)
 
 
 @cli_main

@@ -33,7 +33,7 @@ def main():
         method = "Local DE" if args.members > 1 else "Fine-tune"
     if checkpoints == ["scratch"]:
         method = "Scratch" if args.members == 1 else "Scratch DE"
-    exp = Experiment(args, method, max_checkpoints=len(checkpoints))
+    exp = Experiment(args, method, max_checkpoints=len(checkpoints), member_parallel_ok=True)
 
     for i in range(1, args.members + 1):
         exp.finetune(i, checkpoint=exp.checkpoints[(i - 1) % len(exp.checkpoints)])  # independent fine-tunes

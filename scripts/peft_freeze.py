@@ -30,7 +30,8 @@ def main():
         args.members = len(checkpoints)
     args.members = args.members or 1
     kind = "Global DE" if len(checkpoints) > 1 else ("Local DE" if args.members > 1 else "Fine-tune")
-    exp = Experiment(args, f"{kind} (freeze {args.freeze})", max_checkpoints=len(checkpoints))
+    exp = Experiment(args, f"{kind} (freeze {args.freeze})", max_checkpoints=len(checkpoints),
+                     member_parallel_ok=True)
 
     for i in range(1, args.members + 1):      # independent fine-tunes, frozen stages from the first step
         exp.finetune(i, checkpoint=exp.checkpoints[(i - 1) % len(exp.checkpoints)], freeze=args.freeze,

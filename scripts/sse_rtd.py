@@ -45,7 +45,8 @@ def main():
     layers = parse_layers(args.layers)
     reg = FeatureSimilarity(args.similarity, args.alpha, layers, args.rtd_card, args.rtd_variant,
                             None if args.rtd_normalize == "none" else args.rtd_normalize)  # checks values first
-    exp = Experiment(args, ("StarSSE-" if args.star else "SSE-") + args.similarity.upper())
+    exp = Experiment(args, ("StarSSE-" if args.star else "SSE-") + args.similarity.upper(),
+                     member_parallel_ok=args.star)  # StarSSE rays depend only on model 1; SSE on the previous member
 
     w1 = exp.finetune(1)                                   # phase I: model 1 (cached, shared with the core runs)
     reg.set_reference(exp.model(w1), exp.accelerator.device)  # one frozen copy of model 1, in eval mode

@@ -22,7 +22,8 @@ from lib.models import frozen_modules  # noqa: E402
 def main():
     args = add_freeze_args(base_parser(__doc__), "cycles 2..M freeze every stage before this one").parse_args()
     frozen_modules(args.freeze)               # an unknown stage name fails here, before anything runs
-    exp = Experiment(args, "StarSSE" if args.freeze == "none" else f"StarSSE (freeze {args.freeze})")
+    exp = Experiment(args, "StarSSE" if args.freeze == "none" else f"StarSSE (freeze {args.freeze})",
+                     member_parallel_ok=True)  # rays depend only on model 1
 
     w1 = exp.finetune(1)                      # phase I: model 1, fully fine-tuned (cached, shared with SSE, Local DE)
     for i in range(2, args.members + 1):

@@ -65,3 +65,61 @@ def test_accelerate_launch_two_processes_gives_the_same_evaluation(tmp_path, tin
     for key in ("member_accuracy", "ensemble_accuracy", "diversity"):
         assert np.allclose(two[key], one[key])
     assert abs(two["nll"] - one["nll"]) < 1e-5
+
+
+def _launch2(script, *flags, env=None):
+    full_env = dict(os.environ, ACCELERATE_USE_CPU="true", **(env or {}))
+    r = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                        "--mixed_precision", "no", "--dynamo_backend", "no", os.path.join(REPO, "scripts", script),
+                        *map(str, flags)], capture_output=True, text=True, env=full_env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def test_member_parallel_starsse_is_identical_to_sequential(tmp_path, fresh_cache):
+    import torch
+    from conftest import run_script
+    from lib.runs import load_weights
+    flags = ["--quiet", "--epochs", "2", "--cycle_epochs", "2", "--members", "4", "--data_pipeline", "device"]
+    _launch2("starsse.py", *flags, "--member_parallel", "--cache_dir", fresh_cache("a"), "--output_dir", tmp_path / "par")
+    r = run_script("starsse.py", "--cpu", *flags, "--cache_dir", fresh_cache("b"), "--output_dir", tmp_path / "seq",
+                   env={"OMP_NUM_THREADS": "1"})  # the same thread count as each of the 2 processes
+    assert r.returncode == 0, r.stderr
+    owners = [load_json(tmp_path / "par" / f"member_{i}.json")["process"] for i in range(1, 5)]
+    assert owners == [0, 0, 1, 0]  # phase I on process 0, then rays 2..4 dealt round-robin
+    for i in range(1, 5):
+        a, b = load_weights(tmp_path / "par" / f"member_{i}.safetensors"), load_weights(tmp_path / "seq" / f"member_{i}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), i
+    m_par, m_seq = load_json(tmp_path / "par" / "metrics.json"), load_json(tmp_path / "seq" / "metrics.json")
+    assert m_par["member_accuracy"] == m_seq["member_accuracy"] and m_par["diversity"] == m_seq["diversity"]
+
+
+def test_member_parallel_is_refused_where_members_depend_on_earlier_ones(tmp_path, cache_dir):
+    from conftest import run_script
+    for script in ("sse.py", "starsse_ce.py", "starsse_wo.py", "sse_rtd.py"):
+        r = run_script(script, "--cpu", "--member_parallel", "--cache_dir", cache_dir, "--output_dir", tmp_path / "o")
+        assert r.returncode == 2 and "cannot be trained in parallel" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "o").exists()
+
+
+def _tb_lrs(folder):
+    import glob
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    for f in glob.glob(os.path.join(folder, "tensorboard", "**", "events*"), recursive=True):
+        ea = EventAccumulator(f)
+        ea.Reload()
+        if "train/lr" in ea.Tags()["scalars"]:
+            return [(e.step, round(e.value, 8)) for e in ea.Scalars("train/lr")]
+    return []
+
+
+def test_ddp_learning_rate_at_every_iteration_equals_one_process(tmp_path, fresh_cache):
+    from conftest import run_script
+    flags = ["--quiet", "--epochs", "3", "--cycle_epochs", "2", "--members", "2", "--lr_granularity", "iteration",
+             "--with_tracking", "--data_pipeline", "device"]
+    _launch2("starsse.py", *flags, "--cache_dir", fresh_cache("a"), "--output_dir", tmp_path / "ddp")
+    r = run_script("starsse.py", "--cpu", *flags, "--cache_dir", fresh_cache("b"), "--output_dir", tmp_path / "one")
+    assert r.returncode == 0, r.stderr
+    ddp, one = _tb_lrs(str(tmp_path / "ddp")), _tb_lrs(str(tmp_path / "one"))
+    assert len(one) == (3 + 2) * 3 and ddp == one  # 3 iterations per epoch in both: --batch_size is global
+    assert one[9][1] == 0.02 and one[8][1] < 0.001  # the cycle restarts at cycle_lr after phase I's last step

@@ -1,0 +1,57 @@
+"""Augmented training images per second: the device-side pipeline (uint8 tensor in memory, RandomResizedCrop +
+flip + normalisation in batches on the device) against torchvision's per-sample pipeline in DataLoader workers,
+for the paper's CIFAR-100 reference augmentation (32x32 -> 224x224), batch 256, on this machine's CPU.
+
+    python benchmarks/data_pipeline.py
+On a GPU the device pipeline runs on the GPU and the gap is far larger; here both run on the same 2 cores.
+"""
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from _timing import compare, report
+from lib.data import cifar_transforms
+from lib.device_data import DeviceImages, DeviceLoader
+
+N, BATCH, SIZE = 2048, 256, 224
+torch.manual_seed(0)
+images = torch.randint(0, 256, (N, 3, 32, 32), dtype=torch.uint8)  # CIFAR-shaped data; content does not matter
+train_tf, _ = cifar_transforms("reference", SIZE)
+
+
+class PIL32(Dataset):
+    """What torchvision's CIFAR100 data set does per sample: a PIL image through the transform."""
+
+    def __init__(self):
+        self.arr = images.permute(0, 2, 3, 1).numpy()
+
+    def __len__(self):
+        return N
+
+    def __getitem__(self, k):
+        return train_tf(Image.fromarray(self.arr[k])), 0
+
+
+def epoch(loader):
+    def run():
+        for x, _ in loader:
+            pass
+    return run
+
+
+device_loader = DeviceLoader(DeviceImages(images, np.zeros(N), "reference", SIZE, (0.5,) * 3, (0.25,) * 3),
+                             BATCH, 1, 0, seed=0, device="cpu")
+variants = {"torchvision, 0 workers": epoch(DataLoader(PIL32(), BATCH, shuffle=True, num_workers=0))}
+for w in (2, os.cpu_count()):
+    variants[f"torchvision, {w} workers"] = epoch(DataLoader(PIL32(), BATCH, shuffle=True, num_workers=w,
+                                                             persistent_workers=True))
+variants["device pipeline (this CPU)"] = epoch(device_loader)
+results = compare(variants, reps=3, warmup=1)
+best_tv = min((t for name, (t, _) in results.items() if name.startswith("torchvision")))
+report(f"{N} images, batch {BATCH}, 32 -> {SIZE} px: time per pass", results, "torchvision, 2 workers")
+for name, (t, _) in results.items():
+    print(f"  {name:40s} {N / t:8.0f} images/s")
+print(f"device pipeline vs the best torchvision setting: x{best_tv / results['device pipeline (this CPU)'][0]:.2f}")

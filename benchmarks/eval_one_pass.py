@@ -1,0 +1,50 @@
+"""Evaluating an ensemble: all members in ONE pass over the test set (lib.train.predict_many: each batch is loaded
+and transformed once) against one pass per member, for 5 members, with the torchvision per-sample test pipeline
+(Resize + CenterCrop of 32x32 CIFAR images, here to 64 px) and with the device pipeline, on this CPU.
+
+    python benchmarks/eval_one_pass.py
+"""
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from _timing import compare, report
+from lib.data import cifar_transforms, test_loader
+from lib.device_data import DeviceImages
+from lib.models import build_model
+from lib.train import make_accelerator, predict, predict_many
+
+N, M, SIZE = 2048, 5, 64
+torch.manual_seed(0)
+images = torch.randint(0, 256, (N, 3, 32, 32), dtype=torch.uint8)
+_, test_tf = cifar_transforms("reference", SIZE)
+
+
+class PIL32(Dataset):
+    def __init__(self):
+        self.arr = images.permute(0, 2, 3, 1).numpy()
+
+    def __len__(self):
+        return N
+
+    def __getitem__(self, k):
+        return test_tf(Image.fromarray(self.arr[k])), 0
+
+
+acc = make_accelerator(SimpleNamespace(cpu=True, mixed_precision="no", with_tracking=False, output_dir="/tmp"))
+models = [build_model("resnet_mini", 100) for _ in range(M)]
+variants = {}
+for name, ds, workers in [("torchvision", PIL32(), 2),
+                          ("device", DeviceImages(images, np.zeros(N), "test_reference", SIZE, (0.5,) * 3, (0.25,) * 3), 0)]:
+    loader = test_loader(ds, 256, workers)
+    variants[f"{name}: one pass per member"] = lambda loader=loader: [predict(acc, m, loader) for m in models]
+    variants[f"{name}: all members in one pass"] = lambda loader=loader: predict_many(acc, models, loader)
+results = compare(variants, reps=3, warmup=1)
+report(f"{M} members (resnet_mini), {N} test images at {SIZE} px: evaluation time", results,
+       "torchvision: one pass per member")
+for name in ("torchvision", "device"):
+    a, b = results[f"{name}: one pass per member"][0], results[f"{name}: all members in one pass"][0]
+    print(f"  {name}: one pass is x{a / b:.2f} faster than a pass per member")

@@ -1,0 +1,99 @@
+"""GPU check (about 10 minutes on one GPU): ResNet-50 fine-tuning throughput at 224 px with fp16 autocast and
+channels_last, our loop (lib.train.fit) against a bare PyTorch loop on the same device-side data, and the wall
+time of a short StarSSE run through scripts/starsse.py on CIFAR-100-format data.
+
+    bash benchmarks/gpu_check.sh              # on a GPU machine
+    python benchmarks/gpu_check.py --smoke    # a few steps at 32 px on the CPU: checks that it runs
+Data are random images written in the real CIFAR-100 format (nothing is downloaded).
+"""
+import argparse
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.data import load_cifar100_task  # noqa: E402
+from lib.models import build_model  # noqa: E402
+from lib.train import fit, make_accelerator  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("--smoke", action="store_true")
+a = p.parse_args()
+SIZE, BATCH, STEPS, N = (32, 16, 3, 64) if a.smoke else (224, 256, 60, 16384)
+root = tempfile.mkdtemp()
+os.makedirs(f"{root}/cifar-100-python")
+rng = np.random.RandomState(0)
+for name, n in (("train", N), ("test", N // 4)):
+    with open(f"{root}/cifar-100-python/{name}", "wb") as f:
+        pickle.dump({"data": rng.randint(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": list(rng.randint(0, 100, n))}, f)
+with open(f"{root}/cifar-100-python/meta", "wb") as f:
+    pickle.dump({"fine_label_names": [str(i) for i in range(100)]}, f)
+
+mp = "no" if a.smoke else "fp16"
+args = SimpleNamespace(batch_size=BATCH, num_workers=0, momentum=0.9, weight_decay=1e-4, quiet=True,
+                       with_tracking=False, cpu=a.smoke, mixed_precision=mp, output_dir=root, channels_last="auto")
+acc = make_accelerator(args)
+task = load_cifar100_task(root, "reference", SIZE, pipeline="device")
+device = acc.device
+print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, {SIZE} px, batch {BATCH}, "
+      f"mixed precision {acc.mixed_precision}", flush=True)
+
+
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bare(steps):
+    from lib.device_data import DeviceLoader
+    torch.manual_seed(0)
+    model = build_model("resnet50", 100).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler(enabled=mp == "fp16")
+    loader = DeviceLoader(task.train, BATCH, 1, 0, 0, device)
+    done, t0 = 0, None
+    while done < steps:
+        for x, y in loader:
+            if done == 2:  # after warm-up
+                sync()
+                t0 = time.time()
+            with torch.autocast(device.type, dtype=torch.float16, enabled=mp == "fp16"):
+                loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            done += 1
+            if done == steps:
+                break
+    sync()
+    return (steps - 2) * BATCH / (time.time() - t0)
+
+
+def ours(steps):
+    torch.manual_seed(0)
+    iters = -(-N // BATCH)
+    epochs = -(-steps // iters)
+    t0 = time.time()
+    fit(acc, build_model("resnet50", 100), task.train, args, np.full(epochs * iters, 0.05), epochs, 0,
+        os.path.join(root, "resume.pt"))
+    sync()
+    return epochs * iters * BATCH / (time.time() - t0)
+
+
+print(f"bare loop: {bare(STEPS):.0f} images/s", flush=True)
+print(f"lib.train.fit (incl. warm-up and a checkpoint per epoch): {ours(STEPS):.0f} images/s", flush=True)
+cmd = [sys.executable, "scripts/starsse.py", "--dataset", "cifar100", "--data_dir", root, "--pretrained", "scratch",
+       "--epochs", "1", "--members", "2", "--cycle_epochs", "1", "--image_size", str(SIZE), "--batch_size", str(BATCH),
+       "--quiet", "--output_dir", f"{root}/starsse", "--cache_dir", f"{root}/cache"] + (["--cpu"] if a.smoke else [])
+t0 = time.time()
+subprocess.run(cmd, check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+print(f"StarSSE, phase I of 1 epoch + 1 cycle of 1 epoch on {N} images: {time.time() - t0:.0f} s wall", flush=True)

@@ -1,0 +1,56 @@
+"""Our training loop (lib.train.fit: accelerate, schedule array, taps, resumable epochs, metrics) against a bare
+PyTorch loop: same model, data, batch size, optimiser and number of steps, fp32 on this CPU.
+
+    python benchmarks/loop_overhead.py
+"""
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from _timing import compare, report
+from lib.data import load_digits_task
+from lib.models import build_model
+from lib.train import fit, make_accelerator
+
+EPOCHS, BATCH = 3, 32
+task = load_digits_task(80)  # 800 labelled digits: 25 steps per epoch
+args = SimpleNamespace(batch_size=BATCH, num_workers=0, momentum=0.9, weight_decay=5e-4, quiet=True,
+                       with_tracking=False, cpu=True, mixed_precision="no", output_dir="/tmp/ens_transfer_bench",
+                       channels_last="off")
+acc = make_accelerator(args)
+lrs_per_epoch = 0.01 * 0.5 * (1 + np.cos(np.pi * np.arange(EPOCHS) / EPOCHS))
+
+
+def ours():
+    torch.manual_seed(0)
+    model = build_model("resnet_mini", 10)
+    iters = -(-len(task.train) // BATCH)
+    fit(acc, model, task.train, args, np.repeat(lrs_per_epoch, iters), EPOCHS, seed=0,
+        resume_path="/tmp/ens_transfer_bench_resume.pt")
+    import os
+    os.remove("/tmp/ens_transfer_bench_resume.pt")
+
+
+def bare():
+    torch.manual_seed(0)
+    model = build_model("resnet_mini", 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    loader = DataLoader(task.train, batch_size=BATCH, shuffle=True)
+    for epoch in range(EPOCHS):
+        for group in opt.param_groups:
+            group["lr"] = lrs_per_epoch[epoch]
+        model.train()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+results = compare({"bare PyTorch loop": bare, "lib.train.fit": ours}, reps=7, warmup=1)
+report(f"resnet_mini on digits, {EPOCHS} epochs x 25 steps, batch {BATCH}, fp32 CPU", results, "bare PyTorch loop")
+base, t = results["bare PyTorch loop"][0], results["lib.train.fit"][0]
+print(f"loop overhead: {100 * (t / base - 1):+.1f} %")
