@@ -8,31 +8,16 @@ On a GPU the device pipeline runs on the GPU and the gap is far larger; here bot
 import os
 
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from _cifar_like import PIL32, cifar_like
 from _timing import compare, report
 from lib.data import cifar_transforms
 from lib.device_data import DeviceImages, DeviceLoader
 
 N, BATCH, SIZE = 2048, 256, 224
-torch.manual_seed(0)
-images = torch.randint(0, 256, (N, 3, 32, 32), dtype=torch.uint8)  # CIFAR-shaped data; content does not matter
+images = cifar_like(N)
 train_tf, _ = cifar_transforms("reference", SIZE)
-
-
-class PIL32(Dataset):
-    """What torchvision's CIFAR100 data set does per sample: a PIL image through the transform."""
-
-    def __init__(self):
-        self.arr = images.permute(0, 2, 3, 1).numpy()
-
-    def __len__(self):
-        return N
-
-    def __getitem__(self, k):
-        return train_tf(Image.fromarray(self.arr[k])), 0
 
 
 def epoch(loader):
@@ -44,9 +29,9 @@ def epoch(loader):
 
 device_loader = DeviceLoader(DeviceImages(images, np.zeros(N), "reference", SIZE, (0.5,) * 3, (0.25,) * 3),
                              BATCH, 1, 0, seed=0, device="cpu")
-variants = {"torchvision, 0 workers": epoch(DataLoader(PIL32(), BATCH, shuffle=True, num_workers=0))}
+variants = {"torchvision, 0 workers": epoch(DataLoader(PIL32(images, train_tf), BATCH, shuffle=True, num_workers=0))}
 for w in (2, os.cpu_count()):
-    variants[f"torchvision, {w} workers"] = epoch(DataLoader(PIL32(), BATCH, shuffle=True, num_workers=w,
+    variants[f"torchvision, {w} workers"] = epoch(DataLoader(PIL32(images, train_tf), BATCH, shuffle=True, num_workers=w,
                                                              persistent_workers=True))
 variants["device pipeline (this CPU)"] = epoch(device_loader)
 results = compare(variants, reps=3, warmup=1)

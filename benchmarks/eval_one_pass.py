@@ -7,10 +7,8 @@ and transformed once) against one pass per member, for 5 members, with the torch
 from types import SimpleNamespace
 
 import numpy as np
-import torch
-from PIL import Image
-from torch.utils.data import Dataset
 
+from _cifar_like import PIL32, cifar_like
 from _timing import compare, report
 from lib.data import cifar_transforms, test_loader
 from lib.device_data import DeviceImages
@@ -18,26 +16,14 @@ from lib.models import build_model
 from lib.train import make_accelerator, predict, predict_many
 
 N, M, SIZE = 2048, 5, 64
-torch.manual_seed(0)
-images = torch.randint(0, 256, (N, 3, 32, 32), dtype=torch.uint8)
+images = cifar_like(N)
 _, test_tf = cifar_transforms("reference", SIZE)
-
-
-class PIL32(Dataset):
-    def __init__(self):
-        self.arr = images.permute(0, 2, 3, 1).numpy()
-
-    def __len__(self):
-        return N
-
-    def __getitem__(self, k):
-        return test_tf(Image.fromarray(self.arr[k])), 0
 
 
 acc = make_accelerator(SimpleNamespace(cpu=True, mixed_precision="no", with_tracking=False, output_dir="/tmp"))
 models = [build_model("resnet_mini", 100) for _ in range(M)]
 variants = {}
-for name, ds, workers in [("torchvision", PIL32(), 2),
+for name, ds, workers in [("torchvision", PIL32(images, test_tf), 2),
                           ("device", DeviceImages(images, np.zeros(N), "test_reference", SIZE, (0.5,) * 3, (0.25,) * 3), 0)]:
     loader = test_loader(ds, 256, workers)
     variants[f"{name}: one pass per member"] = lambda loader=loader: [predict(acc, m, loader) for m in models]
