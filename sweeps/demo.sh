@@ -43,3 +43,5 @@ done
 
 echo "== results ($(( $(date +%s) - start )) s)"
 $PY scripts/report.py "$OUT" --out "$OUT/report" --title "Embedded default: digits, 4 labels per class, resnet_mini"
+echo "== analyses: representations, diversity structure, subsets (every thesis figure the demo runs allow)"
+$PY scripts/thesis_report.py "$OUT" --subset_size 3 --out "$OUT/thesis_report" --cpu | tail -n 1
