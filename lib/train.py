@@ -182,5 +182,14 @@ def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_
             os._exit(3)
     bar.close()
     model = from_sync_batchnorm(accelerator.unwrap_model(model)).to(memory_format=torch.contiguous_format)
-    accelerator.free_memory()  # drop accelerate's references to this member's model and optimizer
+    release(accelerator)
     return model, history, iters
+
+
+def release(accelerator):
+    """Drop accelerate's references to the finished member's model and optimizer (so the next member does not
+    keep it alive). accelerator.free_memory() does this too but also runs gc.collect(), ~0.2 s per member."""
+    for name in ("_models", "_optimizers", "_schedulers"):
+        getattr(accelerator, name, []).clear()
+    if accelerator.device.type == "cuda":
+        torch.cuda.empty_cache()
