@@ -52,6 +52,16 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+def runs_parser(description, out, run_dirs_nargs="+"):
+    """The parser of every script that reads saved runs: run directories, --group_by and --out."""
+    p = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs=run_dirs_nargs, help="run directories, or folders holding them")
+    p.add_argument("--group_by", nargs="+", default=["method"],
+                   help="config keys that define a group, i.e. a table row (method first)")
+    p.add_argument("--out", default=out, help="output folder")
+    return p
+
+
 def base_parser(description):
     p = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = p.add_argument_group("data")

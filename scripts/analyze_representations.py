@@ -14,7 +14,6 @@ representations_avgpool.png (figure 4.2: AvgPool output, fc weights, weight cosi
 Points are coloured by member index (one group of runs) or by group (several: e.g. local / optimal / semi-local
 cycle settings). Each member's distances are cached in <run>/analysis/, so a second call only reads and draws.
 """
-import argparse
 import os
 import sys
 
@@ -23,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from lib.analysis import (FEATURE_METRICS, REPR_COLUMNS, REPR_STAGES, category_colors, find_runs,  # noqa: E402
                           member_representations, open_run, pyplot, representation_rows, save_figure, write_csv)
-from lib.cli import Parser  # noqa: E402
+from lib.cli import runs_parser  # noqa: E402
 from lib.errors import check, cli_main  # noqa: E402
 from lib.runs import atomic_write  # noqa: E402
 
@@ -116,17 +115,14 @@ def analyze(run_dirs, out, n_points=256, stages=REPR_STAGES, group_by=("method",
 
 
 def build_parser():
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", nargs="+", help="run directories, or folders holding them")
+    p = runs_parser(__doc__, out="runs/analysis")
     p.add_argument("--n_points", type=int, default=256, help="first N test images (the thesis' batch: 256)")
     p.add_argument("--stages", nargs="+", default=REPR_STAGES, choices=REPR_STAGES)
-    p.add_argument("--group_by", nargs="+", default=["method"], help="config keys that define a group (method first)")
     p.add_argument("--color_by", choices=["auto", "member", "group", "run"], default="auto",
                    help="auto: member index for one group of runs, else group")
     p.add_argument("--data_dir", default=None, help="cifar100: the folder holding cifar-100-python/ (default: the run's)")
     p.add_argument("--batch_size", type=int, default=None, help="forward batch (default: the run's eval_batch_size)")
     p.add_argument("--cpu", action="store_true", help="use the CPU even if a GPU is present")
-    p.add_argument("--out", default="runs/analysis", help="output folder")
     return p
 
 

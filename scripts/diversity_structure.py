@@ -11,7 +11,6 @@ Writes <out>/diversity_pairs.csv (one row per pair of members; columns in the RE
 diversity_structure.md (with table 6.2 for the first --matrices runs). Diversity as lib.metrics (100 * disagreement
 / max(err1, err2)); cosine of all parameters (BatchNorm running statistics excluded), raw weights as the thesis.
 """
-import argparse
 import os
 import sys
 
@@ -20,7 +19,7 @@ import numpy as np  # noqa: E402
 
 from lib.analysis import (PAIR_COLUMNS, category_colors, correlations, diversity_structure, find_runs,  # noqa: E402
                           open_run, pearson, pyplot, save_figure, write_csv)
-from lib.cli import Parser  # noqa: E402
+from lib.cli import runs_parser  # noqa: E402
 from lib.errors import check, cli_main  # noqa: E402
 from lib.runs import atomic_write, save_json  # noqa: E402
 
@@ -129,12 +128,9 @@ def analyze(run_dirs, out, group_by=("method",), matrices=2, rows=4, matrix_runs
 
 
 def build_parser():
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", nargs="+", help="run directories, or folders holding them")
-    p.add_argument("--group_by", nargs="+", default=["method"], help="config keys that define a group (method first)")
+    p = runs_parser(__doc__, out="runs/analysis")
     p.add_argument("--matrices", type=int, default=2, help="table 6.2 for the first N runs")
     p.add_argument("--rows", type=int, default=4, help="figure 6.4: one row for each of the first N runs")
-    p.add_argument("--out", default="runs/analysis", help="output folder")
     return p
 
 

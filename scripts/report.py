@@ -6,12 +6,11 @@
 Writes <out>/report.md (the table), <out>/runs.csv (one row per run), <out>/ensemble_by_size.png (ensemble
 accuracy by size) and <out>/member_accuracy.png (member accuracy by index), and prints the table.
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.cli import Parser  # noqa: E402
+from lib.cli import runs_parser  # noqa: E402
 from lib.errors import check, cli_main  # noqa: E402
 from lib.report import load_runs, markdown_table, plot_curves, summarize_groups, write_csv  # noqa: E402
 from lib.runs import atomic_write  # noqa: E402
@@ -19,10 +18,7 @@ from lib.runs import atomic_write  # noqa: E402
 
 @cli_main
 def main():
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", nargs="+", help="run directories, or folders holding them")
-    p.add_argument("--group_by", nargs="+", default=["method"], help="config keys that define a row (method first)")
-    p.add_argument("--out", default="runs/report", help="output folder")
+    p = runs_parser(__doc__, out="runs/report")
     p.add_argument("--title", default="Results")
     a = p.parse_args()
     runs = load_runs(a.run_dirs, tuple(a.group_by))

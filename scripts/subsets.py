@@ -12,7 +12,6 @@ as the thesis pools its two runs. Writes <out>/subsets.csv (one row per subset; 
 (figure 6.1: average member accuracy against diversity, coloured by ensemble accuracy, the best 5 % marked x; the
 SVM line, solid, and its margins, dashed), subsets.md (table 6.1) and subsets.json.
 """
-import argparse
 import math
 import os
 import sys
@@ -24,7 +23,7 @@ import numpy as np  # noqa: E402
 from lib import metrics  # noqa: E402
 from lib.analysis import (better_half, find_runs, open_run, pyplot, run_info, save_figure,  # noqa: E402
                           separating_line, subset_stats, synthetic_probs, tails, write_csv)
-from lib.cli import Parser  # noqa: E402
+from lib.cli import runs_parser  # noqa: E402
 from lib.errors import check, cli_main  # noqa: E402
 from lib.runs import atomic_write, save_json  # noqa: E402
 
@@ -152,15 +151,12 @@ def benchmark():
 
 
 def build_parser():
-    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dirs", nargs="*", help="run directories, or folders holding them")
+    p = runs_parser(__doc__, out="runs/analysis", run_dirs_nargs="*")
     p.add_argument("--size", type=int, default=5, help="ensemble size of the subsets")
     p.add_argument("--fix_first", choices=["auto", "yes", "no"], default="auto",
                    help="member 1 in every subset (auto: for StarSSE runs)")
-    p.add_argument("--group_by", nargs="+", default=["method"], help="config keys that define a group (method first)")
     p.add_argument("--fraction", type=float, default=0.05, help="tails of table 6.1")
     p.add_argument("--max_subsets", type=int, default=10 ** 6, help="refuse runs with more subsets than this")
-    p.add_argument("--out", default="runs/analysis", help="output folder")
     p.add_argument("--benchmark", action="store_true", help="time the computation on synthetic probabilities")
     return p
 
