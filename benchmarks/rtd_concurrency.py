@@ -3,6 +3,8 @@ thesis' batch): the two directions computed concurrently (one in a worker proces
 
     python benchmarks/rtd_concurrency.py          # prints the median times and the speed-up ratio
 
+Measured on the 2-core CPU machine: 117 ms against 192 ms, x1.64 (x1.61-1.65 over 7 runs).
+
 Quantile-normalised distances (both clouds on the same scale). Note: with sqrt(d) normalisation and current
 distances much larger than the reference's, the cur -> ref barcode has many long bars and giotto-ph's time
 explodes (2.2 s at N=128 for independent noise of the features' own size); real snapshots of one trajectory stay

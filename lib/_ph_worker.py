@@ -24,14 +24,22 @@ def h1_bars(matrix, n_threads=1):
 
 
 def serve_stdio():
-    """Worker loop over stdin/stdout: read a pickled matrix, write back pickled h1_bars of it; EOF stops."""
+    """Worker loop over stdin/stdout: read (path, size, shape) of a float32 matrix in a shared memory-mapped file,
+    write back pickled h1_bars of it; EOF stops. The file is unlinked once mapped: the mapping outlives the name,
+    so nothing is left behind whichever process stops first."""
+    import os
     import pickle
     import sys
     inp, out = sys.stdin.buffer, sys.stdout.buffer
+    maps = {}
     while True:
         try:
-            matrix = pickle.load(inp)
+            path, size, shape = pickle.load(inp)
         except EOFError:
             break
-        pickle.dump(h1_bars(matrix), out, protocol=pickle.HIGHEST_PROTOCOL)
+        if path not in maps:
+            maps = {path: np.memmap(path, np.float32, "r", shape=(size,))}  # a larger file replaces the last
+            os.unlink(path)
+        n = shape[0] * shape[1]
+        pickle.dump(h1_bars(np.asarray(maps[path][:n]).reshape(shape)), out, protocol=pickle.HIGHEST_PROTOCOL)
         out.flush()

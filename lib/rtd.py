@@ -15,6 +15,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -25,26 +26,36 @@ from .errors import UserError, check
 NORMALIZATIONS = ("quantile", "sqrt_dim", None)
 VARIANTS = ("exact", "rtd-ae")
 _worker = None
+_SHM = "/dev/shm"  # memory-backed on Linux
 
 
 class _Worker:
     """A child process that computes one barcode while this process computes the other.
 
     A plain child over pipes, not multiprocessing: an executor hands work over in a feeder thread, which needs the
-    GIL that giotto-ph holds here, and spawn would re-import the user's main script in the child.
+    GIL that giotto-ph holds here, and spawn would re-import the user's main script in the child. The matrix
+    itself crosses through a shared memory-mapped file (the pipe carries its name and size), so handing over a
+    2N x 2N matrix costs a memcpy, not a pickle through a 64 KiB pipe buffer.
     """
 
     def __init__(self):
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = f"import sys; sys.path.insert(0, {root!r}); from lib._ph_worker import serve_stdio; serve_stdio()"
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.path, self.buffer = None, np.zeros(0, np.float32)
         atexit.register(self.close)
 
     def alive(self):
         return self.proc.poll() is None
 
     def send(self, matrix):
-        pickle.dump(matrix, self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        if self.buffer.size < matrix.size:  # a new, larger file; the child maps it and unlinks it
+            fd, self.path = tempfile.mkstemp(prefix="ens-transfer-rtd-", dir=_shared_dir(matrix.size * 4))
+            os.ftruncate(fd, matrix.size * 4)
+            os.close(fd)
+            self.buffer = np.memmap(self.path, np.float32, "r+", shape=(matrix.size,))
+        self.buffer[: matrix.size] = matrix.ravel()
+        pickle.dump((self.path, self.buffer.size, matrix.shape), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         self.proc.stdin.flush()
 
     def recv(self):
@@ -56,6 +67,17 @@ class _Worker:
             self.proc.wait(timeout=5)
         except (OSError, ValueError, subprocess.TimeoutExpired):
             self.proc.kill()
+        if self.path and os.path.exists(self.path):  # the child died before mapping it
+            os.unlink(self.path)
+
+
+def _shared_dir(nbytes):
+    """/dev/shm (memory) when it has room (containers often give it 64 MiB), else the temp folder (page cache)."""
+    try:
+        st = os.statvfs(_SHM)
+        return _SHM if st.f_bavail * st.f_frsize > 2 * nbytes else None
+    except OSError:
+        return None
 
 
 class _Done:
@@ -117,6 +139,14 @@ def _cross_matrix(r1, r2):
     return torch.cat([torch.cat([zero, r1.T], 1), torch.cat([r1, torch.minimum(r1, r2)], 1)], 0)
 
 
+def _cross_numpy(r1, r2):
+    """_cross_matrix of two detached float32 matrices, in numpy."""
+    n = len(r1)
+    m = np.zeros((2 * n, 2 * n), np.float32)
+    m[n:, :n], m[:n, n:], m[n:, n:] = r1, r1.T, np.minimum(r1, r2)
+    return m
+
+
 def _for_persistence(m):
     """A symmetric float32 copy with a zero diagonal (giotto-ph, like ripser++, computes in float32)."""
     m = m.detach().float().cpu().numpy()
@@ -173,11 +203,13 @@ def rtd_loss(dist_ref, dist_cur, card=50, variant="exact", concurrent=True):
           f"distance matrices must be square and of the same size, got {tuple(dist_ref.shape)} and {tuple(dist_cur.shape)}")
     check(bool(torch.isfinite(dist_ref).all() and torch.isfinite(dist_cur).all()), "distance matrices contain NaN or inf")
     dist_ref = dist_ref.to(dist_cur.dtype)
-    dx_2 = _cross_matrix(dist_cur, dist_ref)
-    pending = _submit(_for_persistence(dx_2), concurrent)  # cur -> ref in the worker ...
-    dx_1 = _cross_matrix(dist_ref, dist_cur)
-    e1, b1 = h1_bars(_for_persistence(dx_1))  # ... while ref -> cur is computed here
+    # the persistence inputs are built in numpy: a torch op here would leave OpenMP threads spinning on the core
+    # the worker needs
+    ref, cur = _for_persistence(dist_ref), _for_persistence(dist_cur)
+    pending = _submit(_cross_numpy(cur, ref), concurrent)  # cur -> ref in the worker ...
+    e1, b1 = h1_bars(_cross_numpy(ref, cur))  # ... while ref -> cur is computed here
     e2, b2 = pending.result()
+    dx_1, dx_2 = _cross_matrix(dist_ref, dist_cur), _cross_matrix(dist_cur, dist_ref)
     if variant == "rtd-ae":
         zero = torch.zeros_like(dist_ref)
         death_1 = torch.cat([torch.cat([zero, dist_ref.T], 1), torch.cat([dist_ref, dist_cur], 1)], 0)

@@ -110,11 +110,19 @@ def test_tiny_and_degenerate_clouds_do_not_crash():
 
 
 def test_concurrent_equals_sequential():
+    """The worker process gives the same barcodes, including when its shared buffer grows (N=64, 128) and when a
+    later matrix is smaller than the buffer (N=40); the shared file is unlinked once the worker mapped it."""
+    import glob
+    import tempfile
     rng = np.random.RandomState(4)
-    a, b = torch.tensor(rng.randn(128, 32)), torch.tensor(rng.randn(128, 32))
-    assert rtd(a, b, concurrent=True) == rtd(a, b, concurrent=False)
-    da, db = distance_matrix(a), distance_matrix(b)
-    assert rtd_loss(da, db, concurrent=True).item() == rtd_loss(da, db, concurrent=False).item()
+    before = set(glob.glob("/dev/shm/ens-transfer-rtd-*") + glob.glob(f"{tempfile.gettempdir()}/ens-transfer-rtd-*"))
+    for n in (64, 128, 40):
+        a, b = torch.tensor(rng.randn(n, 32)), torch.tensor(rng.randn(n, 32))
+        assert rtd(a, b, concurrent=True) == rtd(a, b, concurrent=False)
+        da, db = distance_matrix(a), distance_matrix(b)
+        assert rtd_loss(da, db, concurrent=True).item() == rtd_loss(da, db, concurrent=False).item()
+    after = set(glob.glob("/dev/shm/ens-transfer-rtd-*") + glob.glob(f"{tempfile.gettempdir()}/ens-transfer-rtd-*"))
+    assert after <= before
 
 
 def test_bad_input():
