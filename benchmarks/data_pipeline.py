@@ -3,6 +3,7 @@ flip + normalisation in batches on the device) against torchvision's per-sample 
 for the paper's CIFAR-100 reference augmentation (32x32 -> 224x224), batch 256, on this machine's CPU.
 
     python benchmarks/data_pipeline.py
+Measured on the 2-core CPU machine: 10889 against 2070 images/s (2 workers), x5.26; x4.8-5.5 over 6 runs.
 On a GPU the device pipeline runs on the GPU and the gap is far larger; here both run on the same 2 cores.
 """
 import os

@@ -81,3 +81,33 @@ def test_loader_batches_are_the_same_whatever_the_sharding():
     one.sampler.set_epoch(3)
     other = {int(y): x for xb, yb in one for x, y in zip(xb, yb)}
     assert not all(torch.equal(other[k], seen[k]) for k in seen)  # a new epoch, new crops
+
+
+@pytest.mark.parametrize("mode", ["reference", "cifar"])
+def test_loader_reuses_buffers_only_when_no_one_holds_the_batch(mode):
+    """CPU batches are written into reused buffers: a batch still held (a list, the loop variable, an autograd
+    graph) is never overwritten, and batches no one holds recycle their buffer."""
+    u8 = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8)
+    ds = DeviceImages(u8, list(range(40)), mode, 24, (0.5,) * 3, (0.25,) * 3)
+    loader = DeviceLoader(ds, 4, 1, 0, seed=1, device="cpu")
+    copies = [x.clone() for x, _ in loader]  # every batch copied the moment it is made
+    held = [x for x, _ in loader]  # the same epoch again, every batch held
+    assert len(held) == 10 and all(torch.equal(a, b) for a, b in zip(held, copies))
+    assert len({x.data_ptr() for x in held}) == 10
+    del held
+    bases = [x._base for x, _ in loader]  # batches dropped at once (their buffers kept): a ring, not one per batch
+    assert all(b is not None for b in bases) and len({id(b) for b in bases}) <= 3
+    # an autograd graph that saved a batch keeps it intact while later batches are made
+    conv = torch.nn.Conv2d(3, 2, 3)
+    batches = iter(loader)
+    x, _ = next(batches)
+    expected = x.clone()
+    out = conv(x).square().sum()
+    del x
+    rest = [y.clone() for y, _ in batches]
+    out.backward()
+    ref = torch.nn.Conv2d(3, 2, 3)
+    ref.load_state_dict(conv.state_dict())
+    ref(expected).square().sum().backward()
+    assert torch.equal(conv.weight.grad, ref.weight.grad)
+    assert all(torch.equal(a, b) for a, b in zip(rest, copies[1:]))
