@@ -27,12 +27,17 @@ BATCH, SIZE, DEVICE = a.batch, a.size, torch.device(a.device)
 FORMAT = torch.channels_last if a.fp16 else torch.contiguous_format
 
 
-def make_step(level):
+def frozen_resnet50(level):
+    """ResNet-50 (100 classes) frozen before `level`, in training mode on DEVICE; and its trained parameters."""
     torch.manual_seed(0)
     model = build_model("resnet50", 100)
     params = freeze(model, level)
     set_train_mode(model)
-    model.to(DEVICE, memory_format=FORMAT)
+    return model.to(DEVICE, memory_format=FORMAT), params
+
+
+def make_step(level):
+    model, params = frozen_resnet50(level)
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(BATCH, 3, SIZE, SIZE, device=DEVICE).contiguous(memory_format=FORMAT)
     y = torch.randint(0, 100, (BATCH,), device=DEVICE)
@@ -52,11 +57,7 @@ def make_step(level):
 
 def training_memory(level):
     """MiB saved for backward during one forward, and MiB of gradients + momentum of the trained parameters."""
-    torch.manual_seed(0)
-    model = build_model("resnet50", 100)
-    params = freeze(model, level)
-    set_train_mode(model)
-    model.to(DEVICE, memory_format=FORMAT)
+    model, params = frozen_resnet50(level)
     saved = [0]
 
     def pack(t):
