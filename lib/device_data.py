@@ -150,7 +150,10 @@ class DeviceImages(Dataset):
         return crop_resize_separable((x - mean) / std, boxes, self.size, flips, out=out)
 
     def batch_shape(self, n):
-        """Shape of a transformed training batch of n images."""
+        """Shape of a transformed training batch of n images, for the modes whose transform_batch writes into
+        `out` (None for the others)."""
+        if self.mode not in ("reference", "cifar"):
+            return None
         _, c, height, _ = self.images.shape
         side = height if self.mode == "cifar" else self.size
         return (n, c, side, side)
@@ -176,6 +179,8 @@ class DeviceLoader:
         if torch.device(self.device).type != "cpu" or not hasattr(torch._C, "_storage_Use_Count"):
             return None
         shape = self.dataset.batch_shape(n)
+        if shape is None:
+            return None
         ring = self._buffers.setdefault(shape, [])
         for buf in ring:
             if torch._C._storage_Use_Count(buf.untyped_storage()._cdata) <= 2:  # buf itself + the wrapper made here
@@ -199,6 +204,6 @@ class DeviceLoader:
             params = (boxes[idx].to(self.device), None if flips is None else flips[idx].to(self.device),
                       None if angles is None else angles[idx].to(self.device))
             dev_idx = idx.to(self.device)
-            out = self._out(len(idx)) if self.dataset.mode in ("reference", "cifar") else None
+            out = self._out(len(idx))
             x = self.dataset.transform_batch(images[dev_idx], params, out)
             yield (x[:] if out is not None else x), labels[dev_idx]  # a view: holding it keeps the buffer busy

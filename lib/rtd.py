@@ -140,7 +140,7 @@ def _cross_matrix(r1, r2):
 
 
 def _cross_numpy(r1, r2):
-    """_cross_matrix of two detached float32 matrices, in numpy."""
+    """_cross_matrix of two symmetric float32 numpy matrices (the persistence input)."""
     n = len(r1)
     m = np.zeros((2 * n, 2 * n), np.float32)
     m[n:, :n], m[:n, n:], m[n:, n:] = r1, r1.T, np.minimum(r1, r2)
@@ -161,11 +161,11 @@ def rtd(a, b, normalize="quantile", symmetric=True, concurrent=True):
     a, b = _check_cloud(a, "first point cloud"), _check_cloud(b, "second point cloud")
     check(len(a) == len(b), f"point clouds must have the same number of points, got {len(a)} and {len(b)}")
     with torch.no_grad():
-        r1 = distance_matrix(a.double(), normalize)
-        r2 = distance_matrix(b.double(), normalize)
+        r1 = _for_persistence(distance_matrix(a.double(), normalize))
+        r2 = _for_persistence(distance_matrix(b.double(), normalize))
     mats = []
     for x, y in ((r2, r1), (r1, r2)):
-        m = _for_persistence(_cross_matrix(x, y))
+        m = _cross_numpy(x, y)
         m[m < 1e-6 * float(x.mean())] = 0.0  # as the reference: entries below 1e-6 * mean(r1) are zero
         mats.append(m)
     pending = _submit(mats[0], concurrent) if symmetric else None  # b -> a in the worker while a -> b runs here
