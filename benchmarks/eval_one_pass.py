@@ -7,7 +7,6 @@ larger share.
 
     python benchmarks/eval_one_pass.py
 """
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -23,7 +22,7 @@ images = cifar_like(N)
 _, test_tf = cifar_transforms("reference", SIZE)
 
 
-acc = make_accelerator(SimpleNamespace(cpu=True, mixed_precision="no", with_tracking=False, output_dir="/tmp"))
+acc = make_accelerator(cpu=True)
 models = [build_model("resnet18", 100) for _ in range(M)]
 variants = {}
 for name, ds, workers in [("torchvision", PIL32(images, test_tf), 2),

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from _timing import compare, report
-from lib.models import build_model, freeze, set_train_mode, trainable_fraction
+from lib.models import build_model, freeze
 
 LEVELS = ["none", "stage4", "stage5", "head"]
 p = argparse.ArgumentParser()
@@ -28,17 +28,17 @@ FORMAT = torch.channels_last if a.fp16 else torch.contiguous_format
 
 
 def frozen_resnet50(level):
-    """ResNet-50 (100 classes) frozen before `level`, in training mode on DEVICE; and its trained parameters."""
+    """ResNet-50 (100 classes) frozen before `level`, in training mode on DEVICE; and its Freeze."""
     torch.manual_seed(0)
     model = build_model("resnet50", 100)
-    params = freeze(model, level)
-    set_train_mode(model)
-    return model.to(DEVICE, memory_format=FORMAT), params
+    frz = freeze(model, level)
+    model.train()
+    return model.to(DEVICE, memory_format=FORMAT), frz
 
 
 def make_step(level):
-    model, params = frozen_resnet50(level)
-    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    model, frz = frozen_resnet50(level)
+    opt = torch.optim.SGD(frz.params, lr=0.01, momentum=0.9, weight_decay=1e-4)
     x = torch.randn(BATCH, 3, SIZE, SIZE, device=DEVICE).contiguous(memory_format=FORMAT)
     y = torch.randint(0, 100, (BATCH,), device=DEVICE)
     scaler = torch.amp.GradScaler(enabled=a.fp16)
@@ -52,12 +52,12 @@ def make_step(level):
         scaler.update()
         if DEVICE.type == "cuda":
             torch.cuda.synchronize()
-    return step, trainable_fraction(model)
+    return step, frz.trainable_fraction
 
 
 def training_memory(level):
     """MiB saved for backward during one forward, and MiB of gradients + momentum of the trained parameters."""
-    model, params = frozen_resnet50(level)
+    model, frz = frozen_resnet50(level)
     saved = [0]
 
     def pack(t):
@@ -66,7 +66,7 @@ def training_memory(level):
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
             torch.autocast(DEVICE.type, dtype=torch.float16, enabled=a.fp16):
         model(torch.randn(BATCH, 3, SIZE, SIZE, device=DEVICE).contiguous(memory_format=FORMAT))
-    return saved[0] / 2**20, 2 * sum(p.numel() * p.element_size() for p in params) / 2**20
+    return saved[0] / 2**20, 2 * sum(p.numel() * p.element_size() for p in frz.params) / 2**20
 
 
 if __name__ == "__main__":

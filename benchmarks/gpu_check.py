@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib.data import load_cifar100_task  # noqa: E402
 from lib.models import build_model  # noqa: E402
-from lib.train import fit, make_accelerator  # noqa: E402
+from lib.train import LoopSettings, fit, make_accelerator  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--smoke", action="store_true")
@@ -38,9 +37,8 @@ with open(f"{root}/cifar-100-python/meta", "wb") as f:
     pickle.dump({"fine_label_names": [str(i) for i in range(100)]}, f)
 
 mp = "no" if a.smoke else "fp16"
-args = SimpleNamespace(batch_size=BATCH, num_workers=0, momentum=0.9, weight_decay=1e-4, quiet=True,
-                       with_tracking=False, cpu=a.smoke, mixed_precision=mp, output_dir=root, channels_last="auto")
-acc = make_accelerator(args)
+loop = LoopSettings(batch_size=BATCH, momentum=0.9, weight_decay=1e-4, quiet=True)
+acc = make_accelerator(cpu=a.smoke, mixed_precision=mp)
 task = load_cifar100_task(root, "reference", SIZE, pipeline="device")
 device = acc.device
 print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}, {SIZE} px, batch {BATCH}, "
@@ -83,7 +81,7 @@ def ours(epochs=2):
     torch.manual_seed(0)
     iters = -(-N // BATCH)
     t0 = time.time()
-    _, history, _ = fit(acc, build_model("resnet50", 100), task.train, args, np.full(epochs * iters, 0.05), epochs,
+    _, history, _ = fit(acc, build_model("resnet50", 100), task.train, loop, np.full(epochs * iters, 0.05), epochs,
                         0, os.path.join(root, "resume.pt"))
     sync()
     return N / history[-1]["seconds"], epochs * N / (time.time() - t0)

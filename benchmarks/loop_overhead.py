@@ -3,7 +3,6 @@ PyTorch loop: same model, data, batch size, optimiser and number of steps, fp32 
 
     python benchmarks/loop_overhead.py
 """
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -13,14 +12,12 @@ from torch.utils.data import DataLoader
 from _timing import compare, report
 from lib.data import load_digits_task
 from lib.models import build_model
-from lib.train import fit, make_accelerator
+from lib.train import LoopSettings, fit, make_accelerator
 
 EPOCHS, BATCH = 3, 32
 task = load_digits_task(60)  # 600 labelled digits: 19 steps per epoch
-args = SimpleNamespace(batch_size=BATCH, num_workers=0, momentum=0.9, weight_decay=5e-4, quiet=True,
-                       with_tracking=False, cpu=True, mixed_precision="no", output_dir="/tmp/ens_transfer_bench",
-                       channels_last="off")
-acc = make_accelerator(args)
+loop = LoopSettings(batch_size=BATCH, momentum=0.9, weight_decay=5e-4, quiet=True, channels_last="off")
+acc = make_accelerator(cpu=True)
 lrs_per_epoch = 0.01 * 0.5 * (1 + np.cos(np.pi * np.arange(EPOCHS) / EPOCHS))
 
 
@@ -28,7 +25,7 @@ def ours():
     torch.manual_seed(0)
     model = build_model("resnet_mini", 10)
     iters = -(-len(task.train) // BATCH)
-    fit(acc, model, task.train, args, np.repeat(lrs_per_epoch, iters), EPOCHS, seed=0,
+    fit(acc, model, task.train, loop, np.repeat(lrs_per_epoch, iters), EPOCHS, seed=0,
         resume_path="/tmp/ens_transfer_bench_resume.pt")
     import os
     os.remove("/tmp/ens_transfer_bench_resume.pt")

@@ -1,13 +1,22 @@
-"""The flags every script shares (accelerate-example names) and the per-dataset defaults.
+"""Flags: the ones every script shares (accelerate-example names), the per-dataset defaults, and `parse`, which
+turns a command line (and an optional YAML file) into complete, read-only settings before anything is built.
+
+    parser = base_parser(__doc__)                 # + the script's own flags
+    cfg = parse(parser, "StarSSE")                # every default filled, every value checked, nothing written yet
+    exp = Experiment(cfg)
 
 A flag left unset takes its dataset's default below: `digits` is a CPU-sized demo; `cifar100` is the paper's
-setup (BYOL ResNet-50 -> CIFAR-100, thesis section 3 and the reference code's configs).
+setup (BYOL ResNet-50 -> CIFAR-100, thesis section 3 and the reference code's configs). `--config FILE` reads flags
+from a YAML file (a run directory's config.yaml repeats that run); flags on the command line override it.
 """
 import argparse
 import math
 import os
+import re
 
-from .errors import check
+from . import methods
+from .errors import UserError, check
+from .pretrain import default_checkpoint
 
 DATASET_DEFAULTS = {
     "digits": dict(
@@ -43,12 +52,18 @@ DATASET_DEFAULTS = {
         eval_batch_size=512,
     ),
 }
+FREEZE_CHOICES = ["none", "stage2", "stage3", "stage4", "stage5", "head"]
+TRACKERS = ["tensorboard", "wandb", "all", "none"]
 
 
 class Parser(argparse.ArgumentParser):
     """argparse with bad input reported as one line ('error: ...') and exit status 2, like every other check."""
 
     def error(self, message):
+        choice = re.fullmatch(r"argument (--\w+): invalid choice: (\S+) \(choose from (.*)\)", message)
+        if choice:  # "unknown --freeze 'fc7' (choose from none, stage2, ...)"
+            flag, value, options = choice.groups()
+            self.exit(2, f"error: unknown {flag} {value} (choose from {options.replace(chr(39), '')})\n")
         self.exit(2, f"error: {message} (see --help)\n")
 
 
@@ -64,6 +79,8 @@ def runs_parser(description, out, run_dirs_nargs="+"):
 
 def base_parser(description):
     p = Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="YAML file of flags (e.g. a run's config.yaml); flags on the command line override it")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS), default="digits",
                    help="fine-tuning task (default: digits, the embedded default that ships with scikit-learn)")
@@ -112,30 +129,121 @@ def base_parser(description):
                    help="channels_last memory format (auto: on CUDA)")
     r.add_argument("--no_sync_bn", dest="sync_bn", action="store_false",
                    help="with DDP on GPUs, keep per-process BatchNorm statistics instead of SyncBatchNorm")
-    r.add_argument("--with_tracking", action="store_true", help="log to TensorBoard in <output_dir>/tensorboard")
+    r.add_argument("--with_tracking", action="store_true", help="log to the --report_to trackers")
+    r.add_argument("--report_to", choices=TRACKERS, default="tensorboard",
+                   help="trackers for --with_tracking (accelerate's log_with): TensorBoard logs go to "
+                        "<output_dir>/tensorboard")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
-def add_freeze_args(parser, help_freeze):
-    from .models import FREEZE_CHOICES
+def add_freeze_args(parser, help_freeze, default="none"):
     g = parser.add_argument_group("frozen stages (thesis section 5)")
-    g.add_argument("--freeze", default="none", help=f"{help_freeze} ({', '.join(FREEZE_CHOICES)})")
+    g.add_argument("--freeze", choices=FREEZE_CHOICES, default=default, metavar="STAGE",
+                   help=f"{help_freeze} ({', '.join(FREEZE_CHOICES)})")
     g.add_argument("--frozen_bn", choices=["eval", "train"], default="eval",
                    help="BatchNorm of frozen stages: eval keeps running statistics fixed; train updates them "
                         "(the reference code)")
     return parser
 
 
-def slug(method):
-    return method.lower().replace(" ", "_").replace("(", "").replace(")", "")
+# ----------------------------------------------------------------------------------------------------------------
+# settings
+
+class Settings:
+    """Resolved flags: every default filled in and every value checked. Read-only, so that what config.json records
+    is what the run used (use `replace` for a changed copy)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values):
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, key):
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key, value):
+        raise AttributeError(f"settings are read-only (tried to set {key}); use replace()")
+
+    def replace(self, **changes):
+        return Settings({**self._values, **changes})
+
+    def as_dict(self):
+        """What config.json / config.yaml record: every setting, sorted by name."""
+        return {k: v for k, v in sorted(self._values.items())}
+
+    def __repr__(self):
+        return f"Settings({self._values})"
 
 
-def finalize(args, method):
-    """Fill dataset defaults, check values, and set args.method. Returns args."""
+def _parse_with_config(parser, argv):
+    """parser.parse_args(argv), with the flags of `--config FILE` (YAML) as defaults the command line overrides."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        import yaml
+        check(os.path.isfile(known.config), f"--config {known.config}: file not found")
+        try:
+            with open(known.config) as f:
+                values = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise UserError(f"--config {known.config} could not be read ({str(e).splitlines()[0]})")
+        check(isinstance(values, dict), f"--config {known.config} must hold a mapping of flag names to values")
+        flags = set(vars(parser.parse_known_args([])[0]))
+        unknown = sorted(set(values) - flags - {"method"})  # method: the script's, checked below
+        check(not unknown, f"--config {known.config}: unknown setting(s) {', '.join(unknown)} for this script")
+        parser.set_defaults(**{k: v for k, v in values.items() if k in flags and k != "config"})
+        return parser.parse_args(argv), values.get("method")
+    return parser.parse_args(argv), None
+
+
+def parse(parser, method, argv=None, defaults=None, checkpoints=1):
+    """Complete, checked, read-only settings of one run (nothing is built or written here).
+
+    method: the method's name, or a function of the parsed flags that returns it (lib/methods.py).
+    defaults: a function of the parsed flags returning script-specific defaults for flags left unset (applied
+    before the dataset's). checkpoints: how many --pretrained checkpoints the script takes (1, or "many": member i
+    fine-tunes checkpoint i, so --members must equal their number: Global DE).
+    """
+    args, config_method = _parse_with_config(parser, argv)
+    paths = args.pretrained or []
+    if checkpoints == 1:
+        check(len(paths) <= 1, f"--pretrained takes 1 checkpoint here, got {len(paths)}")
+    elif len(paths) > 1:  # Global DE: one member per pre-trained checkpoint
+        check(args.members in (None, len(paths)), f"Global DE fine-tunes each checkpoint once: --members must equal "
+                                                  f"the number of checkpoints ({len(paths)})")
+        args.members = len(paths)
+    for key, value in (defaults(args) if defaults else {}).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
     for key, value in DATASET_DEFAULTS[args.dataset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, min(value, os.cpu_count() or 1) if key == "num_workers" else value)
+    _validate(args)
+    if args.cycle_lr_mult is not None:
+        args.cycle_lr = args.cycle_lr_mult * args.lr
+    if args.mixed_precision is None:  # as accelerate resolves it: the launch config's (passed on in the environment)
+        args.mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+    if args.pretrained is None:
+        check(args.dataset == "digits", f"--pretrained is required for --dataset {args.dataset} "
+                                        f"(e.g. a BYOL ResNet-50 checkpoint such as byol-1000ep-1.pt)")
+        args.pretrained = [default_checkpoint(args.cache_dir, 0)]  # the embedded checkpoint (Experiment creates it)
+    args.method = method(args) if callable(method) else method
+    check(config_method in (None, args.method),
+          f"--config {args.config} holds a {config_method} run; this script runs {args.method}")
+    check(args.member_parallel is False or methods.independent_members(args.method),
+          f"--member_parallel: {args.method} members depend on earlier members, so they cannot be trained in "
+          f"parallel (it is for StarSSE, StarSSE-RTD/MSE, frozen StarSSE and Local/Global DE)")
+    if args.output_dir is None:
+        args.output_dir = os.path.join("runs", methods.directory(args.method), f"{args.dataset}-seed{args.seed}")
+    return Settings(vars(args))
+
+
+def _validate(args):
     for key in ("epochs", "members", "cycle_epochs", "batch_size", "eval_batch_size", "image_size"):
         check(getattr(args, key) > 0, f"--{key} must be positive, got {getattr(args, key)}")
     for key in ("lr", "cycle_lr", "weight_decay", "momentum"):
@@ -149,13 +257,6 @@ def finalize(args, method):
     if args.cycle_lr_mult is not None:
         check(math.isfinite(args.cycle_lr_mult) and args.cycle_lr_mult > 0,
               f"--cycle_lr_mult must be positive, got {args.cycle_lr_mult}")
-        args.cycle_lr = args.cycle_lr_mult * args.lr
-    args.method = method
-    if args.output_dir is None:
-        args.output_dir = os.path.join("runs", slug(method), f"{args.dataset}-seed{args.seed}")
-    return args
-
-
-def run_config(args):
-    """What goes into config.json: every argument (paths as given)."""
-    return {k: v for k, v in sorted(vars(args).items())}
+    if args.with_tracking and args.report_to == "wandb":
+        import importlib.util
+        check(importlib.util.find_spec("wandb") is not None, "--report_to wandb needs the wandb package (pip install wandb)")

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from .device_data import DeviceImages, DeviceLoader
 from .errors import check
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -87,7 +88,6 @@ def load_digits_task(labels_per_class, pipeline="torchvision"):
     x, y = digits_arrays()
     finetune, test, _ = digits_splits(y, labels_per_class)
     if pipeline == "device":
-        from .device_data import DeviceImages
         u8 = (x * 255).round().to(torch.uint8)
         norm = digits_normalize()
         train = DeviceImages(u8[finetune], y[finetune], "digits", DIGITS_SIZE, norm.mean, norm.std)
@@ -158,7 +158,6 @@ def load_cifar100_task(data_dir, augment, image_size, download=False, pipeline="
     except Exception as e:  # corrupted pickles, failed download
         check(False, f"CIFAR-100 in {folder} could not be loaded ({type(e).__name__}: {e})")
     if pipeline == "device":  # uint8 tensors in memory, augmented in batches on the training device
-        from .device_data import DeviceImages
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if augment == "reference" else (CIFAR100_MEAN, CIFAR100_STD)
         to_u8 = lambda d: torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2)))
         size = image_size if augment == "reference" else 32
@@ -191,7 +190,6 @@ def train_loader(dataset, batch_size, num_processes, process_index, seed, num_wo
     """
     check(batch_size % num_processes == 0,
           f"--batch_size {batch_size} must be divisible by the number of processes ({num_processes})")
-    from .device_data import DeviceImages, DeviceLoader
     if isinstance(dataset, DeviceImages):
         return DeviceLoader(dataset, batch_size // num_processes, num_processes, process_index, seed, device)
     sampler = DistributedSampler(dataset, num_replicas=num_processes, rank=process_index, shuffle=True,
@@ -203,7 +201,6 @@ def train_loader(dataset, batch_size, num_processes, process_index, seed, num_wo
 def test_loader(dataset, batch_size, num_workers=0):
     """The evaluation loader in dataset order; pass it through accelerator.prepare and use gather_for_metrics.
     (A DeviceImages test set is transformed on the device by lib.train.predict_many: no workers needed.)"""
-    from .device_data import DeviceImages
     if isinstance(dataset, DeviceImages):
         num_workers = 0
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,

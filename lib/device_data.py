@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, DistributedSampler
 
+from .seeding import seed_for
+
 
 def random_resized_crop_boxes(n, height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), generator=None):
     """(n, 4) float tensor of boxes (top i, left j, h, w), distributed as torchvision's RandomResizedCrop.get_params."""
@@ -159,6 +161,13 @@ class DeviceImages(Dataset):
         return (n, c, side, side)
 
 
+def _storage_users(tensor):
+    """How many tensors share `tensor`'s storage (None if this torch cannot tell). PyTorch has no public API for
+    it; this is the one place that calls the private counter, which torch's own tests use for the same question."""
+    counter = getattr(torch._C, "_storage_Use_Count", None)
+    return None if counter is None else counter(tensor.untyped_storage()._cdata)
+
+
 class DeviceLoader:
     """Batches of a DeviceImages training set, augmented on `device`; the same interface as the DataLoader it
     replaces (len, iteration, sampler.set_epoch). Each process reads its DistributedSampler shard."""
@@ -176,14 +185,14 @@ class DeviceLoader:
 
         A batch is yielded as a view of its buffer, so the buffer's storage counts one more user for as long as
         anyone (the loop variable, a list, a saved tensor of the graph) holds that batch."""
-        if torch.device(self.device).type != "cpu" or not hasattr(torch._C, "_storage_Use_Count"):
+        if torch.device(self.device).type != "cpu" or _storage_users(torch.empty(0)) is None:
             return None
         shape = self.dataset.batch_shape(n)
         if shape is None:
             return None
         ring = self._buffers.setdefault(shape, [])
         for buf in ring:
-            if torch._C._storage_Use_Count(buf.untyped_storage()._cdata) <= 2:  # buf itself + the wrapper made here
+            if _storage_users(buf) <= 2:  # buf itself + the wrapper made in _storage_users
                 return buf
         buf = torch.empty(shape)
         if len(ring) < 3:  # the batch in use, the one being built, one spare; more stays with the allocator
@@ -194,7 +203,6 @@ class DeviceLoader:
         return math.ceil(len(self.sampler) / self.batch_size)
 
     def __iter__(self):
-        from .train import seed_for
         g = torch.Generator().manual_seed(seed_for(self.seed, self.sampler.epoch, 0xA06))
         boxes, flips, angles = self.dataset.epoch_params(g)  # the same for every process
         images, labels = self.dataset.on(self.device)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from .errors import check
 from .models import STAGES, taps
 from .rtd import NORMALIZATIONS, VARIANTS, distance_matrix, rtd_loss
+from .seeding import seed_for
 
 SIMILARITY_LAYERS = ["stage2", "stage3", "stage4", "stage5", "avgpool"]
 
@@ -86,7 +87,6 @@ def compute_dtype(accelerator):
 def _draw(candidates, seed_parts):
     """One of `candidates`, drawn from a stream seeded by seed_parts (seed, member, step): resumable, and
     independent of every other random stream."""
-    from .train import seed_for
     g = torch.Generator().manual_seed(seed_for(*seed_parts))
     return candidates[int(torch.randint(len(candidates), (1,), generator=g))]
 

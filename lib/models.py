@@ -8,6 +8,7 @@ import hashlib
 import os
 import pickle
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -175,10 +176,12 @@ def match_state_dict(state, model, source="checkpoint"):
 
 
 def load_pretrained(path, arch="resnet50", num_classes=1000):
-    """`arch` with the backbone weights of the checkpoint at `path` and a fresh head for `num_classes`."""
+    """`arch` with the backbone weights of the checkpoint at `path` ("scratch": random) and a fresh head for
+    `num_classes` (initialised from torch's global random stream: seed it first)."""
     model = build_model(arch, num_classes)
-    state = match_state_dict(read_checkpoint(path), model, source=f"checkpoint {path}")
-    model.load_state_dict(state, strict=False)  # strictness was checked in match_state_dict
+    if path != "scratch":
+        state = match_state_dict(read_checkpoint(path), model, source=f"checkpoint {path}")
+        model.load_state_dict(state, strict=False)  # strictness was checked in match_state_dict
     return model
 
 
@@ -226,6 +229,7 @@ def taps(model, names):
 # frozen stages (thesis section 5)
 
 FREEZE_CHOICES = ["none", "stage2", "stage3", "stage4", "stage5", "head"]
+BN_MODES = ("eval", "train")
 
 
 def frozen_modules(stage):
@@ -241,61 +245,91 @@ def frozen_modules(stage):
     return names
 
 
-def freeze(model, stage, frozen_bn="eval"):
-    """Freeze every stage before `stage` and return the parameters left to train.
+@dataclass
+class Freeze:
+    """What `freeze` did to a model, as one value: the training loop optimises `params` and, when the member ends,
+    calls `verify`, which fails if any tensor of `frozen` (the frozen stages' weights, and their BatchNorm buffers
+    unless bn="train") is not bit-identical to its value at freezing time."""
+    stage: str
+    bn: str
+    params: list
+    frozen: dict
+    trainable: int
+    total: int
 
-    Frozen: requires_grad=False (so the optimizer never sees them and the frozen prefix builds no autograd graph)
-    and, with frozen_bn="eval" (default), BatchNorm layers of frozen stages kept in eval mode so their running
-    statistics stay fixed; frozen_bn="train" keeps updating them, as the reference code did.
-    """
-    check(frozen_bn in ("eval", "train"), f"--frozen_bn must be eval or train, got {frozen_bn!r}")
-    for name in frozen_modules(stage):
+    @property
+    def trainable_fraction(self):
+        return self.trainable / self.total
+
+    def verify(self, model, what="training"):
+        state = model.state_dict()
+        moved = [k for k, v in self.frozen.items() if not torch.equal(state[k].cpu(), v)]
+        if moved:  # a frozen tensor moved: a bug, never a result
+            raise RuntimeError(f"{what}: frozen tensors changed during training: {moved[:5]} ({len(moved)} in all)")
+
+
+class _KeepsEval:
+    """Mixin of the BatchNorm layers of frozen stages (bn="eval"): they stay in eval mode whatever .train() calls
+    reach them (a plain model.train() in anyone's loop), so their running statistics never move."""
+
+    def train(self, mode=True):
+        return super().train(False)
+
+
+_EVAL_CLASSES = {}
+
+
+def _keep_eval(module):
+    """Turn a BatchNorm layer (of any BatchNorm class, e.g. timm's BatchNormAct2d) into its eval-locked twin: the
+    same class with _KeepsEval mixed in, so parameters, buffers, state-dict keys and forward are unchanged."""
+    cls = type(module)
+    if not issubclass(cls, _KeepsEval):
+        if cls not in _EVAL_CLASSES:
+            twin = type(f"EvalLocked{cls.__name__}", (_KeepsEval, cls), {"__module__": __name__})
+            globals()[twin.__name__] = twin  # importable by name, so deep copies and pickles work
+            _EVAL_CLASSES[cls] = twin
+        module.__class__ = _EVAL_CLASSES[cls]
+    module.train(False)
+
+
+def freeze(model, stage="none", bn="eval"):
+    """Freeze every stage before `stage` and return the Freeze (parameters left to train, tensors that must not
+    move). Frozen: requires_grad=False (the optimizer never sees them and the frozen prefix builds no autograd
+    graph) and, with bn="eval" (default), BatchNorm layers of frozen stages locked in eval mode so their running
+    statistics stay fixed; bn="train" keeps updating them, as the reference code did."""
+    check(bn in BN_MODES, f"--frozen_bn must be eval or train, got {bn!r}")
+    names = frozen_modules(stage)
+    for name in names:
         module = getattr(model, name)
-        for p in module.parameters():
-            p.requires_grad_(False)
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.frozen_bn_eval = frozen_bn == "eval"  # read by set_train_mode
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    check(trainable, f"--freeze {stage} leaves nothing to train")
-    set_train_mode(model)
-    return trainable
-
-
-def set_train_mode(model):
-    """model.train(), except BatchNorm layers of frozen stages (see freeze), which stay in eval mode."""
-    model.train()
-    for m in model.modules():
-        if getattr(m, "frozen_bn_eval", False):
-            m.eval()
-    return model
-
-
-def frozen_state_keys(model, stage, frozen_bn="eval"):
-    """State-dict keys that a cycle with `--freeze stage` must leave bit-identical: the frozen stages' weights,
-    and their BatchNorm buffers unless frozen_bn="train" lets the running statistics move."""
-    prefixes = tuple(f"{name}." for name in frozen_modules(stage))
-    params = {n for n, _ in model.named_parameters()}
-    return [k for k in model.state_dict() if k.startswith(prefixes) and (frozen_bn == "eval" or k in params)]
-
-
-def trainable_fraction(model):
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad) / total
+        module.requires_grad_(False)
+        if bn == "eval":
+            for m in module.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    _keep_eval(m)
+    params = [p for p in model.parameters() if p.requires_grad]
+    check(params, f"--freeze {stage} leaves nothing to train")
+    prefixes = tuple(f"{name}." for name in names)
+    param_names = {n for n, _ in model.named_parameters()}
+    frozen = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+              if k.startswith(prefixes) and (bn == "eval" or k in param_names)}
+    return Freeze(stage, bn, params, frozen, sum(p.numel() for p in params), sum(p.numel() for p in model.parameters()))
 
 
 def to_sync_batchnorm(model):
-    """BatchNorm -> SyncBatchNorm (statistics over the global batch under DDP), keeping frozen-stage flags."""
-    frozen = {name for name, m in model.named_modules() if getattr(m, "frozen_bn_eval", False)}
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for name, m in model.named_modules():
-        if name in frozen:
-            m.frozen_bn_eval = True
+    """BatchNorm -> SyncBatchNorm (statistics over the global batch under DDP), in place; the eval-locked layers of
+    frozen stages stay as they are (they use fixed statistics, nothing to synchronise)."""
+    for name, child in model.named_children():
+        if isinstance(child, _KeepsEval):
+            continue
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+        else:
+            to_sync_batchnorm(child)
     return model
 
 
 def from_sync_batchnorm(model):
-    """SyncBatchNorm -> BatchNorm2d in place (same parameters and buffers): saved members are plain ResNets."""
+    """SyncBatchNorm -> BatchNorm2d in place (same parameters and buffers): saved members are plain models."""
     for name, child in model.named_children():
         if isinstance(child, nn.SyncBatchNorm):
             bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
@@ -303,8 +337,6 @@ def from_sync_batchnorm(model):
             if child.affine:  # keep the Parameter objects (and their requires_grad)
                 bn.weight, bn.bias = child.weight, child.bias
             bn.train(child.training)
-            if getattr(child, "frozen_bn_eval", False):
-                bn.frozen_bn_eval = True
             setattr(model, name, bn)
         else:
             from_sync_batchnorm(child)

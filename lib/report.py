@@ -1,16 +1,15 @@
 """Results tables and plots across runs: groups runs by method, mean +- std (ddof=1, the sample std) over runs."""
-import csv
 import os
 
+import matplotlib
+import matplotlib.ticker
 import numpy as np
 
-from .runs import find_run_dirs, load_json
+from . import methods
+from .errors import check
+from .figures import pyplot
+from .runs import find_runs, load_json, run_label, write_csv
 
-# the thesis' row order; other methods follow alphabetically
-METHOD_ORDER = ["Scratch", "Scratch DE", "Fine-tune", "Local DE", "Global DE", "SSE", "StarSSE", "SSE-RTD", "SSE-MSE",
-                "StarSSE-RTD", "StarSSE-MSE", "StarSSE (freeze stage4)", "StarSSE (freeze stage5)",
-                "StarSSE (freeze head)", "StarSSE-CE (all)", "StarSSE-CE (incorrect)", "StarSSE-WO",
-                "StarSSE-WO (delta)"]
 DDOF = 1  # sample standard deviation over runs
 COLUMNS = [("avg_member_accuracy", "avg. acc."), ("diversity", "div."), ("ensemble_accuracy", "ens. acc."),
            ("nll", "NLL"), ("ece", "ECE")]
@@ -19,17 +18,11 @@ COLUMNS = [("avg_member_accuracy", "avg. acc."), ("diversity", "div."), ("ensemb
 def load_runs(paths, group_by=("method",)):
     """[(group label, run dir, config, metrics)] for every finished run under `paths`."""
     runs = []
-    for d in find_run_dirs(paths):
+    for d in find_runs(paths):
+        check(os.path.isfile(os.path.join(d, "metrics.json")), f"{d} is not finished (no metrics.json)")
         cfg, met = load_json(os.path.join(d, "config.json")), load_json(os.path.join(d, "metrics.json"))
-        label = " ".join([str(cfg.get(group_by[0]))] + [f"{k}={cfg.get(k)}" for k in group_by[1:]])
-        runs.append((label, d, cfg, met))
+        runs.append((run_label(cfg, group_by), d, cfg, met))
     return runs
-
-
-def _order(label):
-    name = next((m for m in sorted(METHOD_ORDER, key=len, reverse=True) if label == m or label.startswith(m + " ")),
-                label)
-    return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), label)
 
 
 def mean_std(values):
@@ -45,7 +38,7 @@ def summarize_groups(runs):
     for label, _d, _cfg, met in runs:
         groups.setdefault(label, []).append(met)
     out = {}
-    for label in sorted(groups, key=_order):
+    for label in sorted(groups, key=methods.order):
         mets = groups[label]
         row = {key: mean_std([m[key] for m in mets]) for key, _ in COLUMNS}
         row["runs"] = len(mets)
@@ -99,24 +92,21 @@ def markdown_table(summary):
     return "\n".join(lines)
 
 
-def write_csv(path, runs):
-    fields = ["group", "run_dir", "method", "seed", "members", "avg_member_accuracy", "diversity",
-              "ensemble_accuracy", "nll", "ece", "brier", "member_accuracy", "ensemble_accuracy_by_size"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for label, d, cfg, met in runs:
-            w.writerow({"group": label, "run_dir": d, "method": cfg.get("method"), "seed": cfg.get("seed"),
-                        **{k: met.get(k) for k in fields[4:-2]},
-                        "member_accuracy": " ".join(f"{a:.4f}" for a in met["member_accuracy"]),
-                        "ensemble_accuracy_by_size": " ".join(f"{a:.4f}" for a in met["ensemble_accuracy_by_size"])})
+RUN_COLUMNS = ["group", "run_dir", "method", "seed", "members", "avg_member_accuracy", "diversity", "ensemble_accuracy",
+               "nll", "ece", "brier", "member_accuracy", "ensemble_accuracy_by_size"]
+
+
+def runs_csv(path, runs):
+    """runs.csv: one row per run (RUN_COLUMNS)."""
+    write_csv(path, [{"group": label, "run_dir": d, "method": cfg.get("method"), "seed": cfg.get("seed"),
+                      **{k: met.get(k) for k in RUN_COLUMNS[4:-2]},
+                      "member_accuracy": " ".join(f"{a:.4f}" for a in met["member_accuracy"]),
+                      "ensemble_accuracy_by_size": " ".join(f"{a:.4f}" for a in met["ensemble_accuracy_by_size"])}
+                     for label, d, cfg, met in runs], RUN_COLUMNS)
 
 
 def plot_curves(summary, key, ylabel, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, row in summary.items():
         ys = row[key]

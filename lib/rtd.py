@@ -6,107 +6,19 @@ RTD(b -> a) swaps r1 and r2; `rtd` returns the symmetrised (RTD(a->b) + RTD(b->a
 
 The loss runs persistence on a detached copy only to select, for each H1 bar, its birth edge and its death edge
 (the longest edge of the death triangle); it sums death - birth read from the differentiable matrices, so
-gradients reach the distances and through them the features. Persistence comes from giotto-ph; the two
-directions run concurrently (one in a worker process: giotto-ph holds the GIL).
+gradients reach the distances and through them the features. Persistence comes from giotto-ph (lib/persistence.py);
+the two directions run concurrently, one in a worker process (giotto-ph holds the GIL).
 """
-import atexit
 import math
-import os
-import pickle
-import subprocess
-import sys
-import tempfile
 
 import numpy as np
 import torch
 
-from ._ph_worker import h1_bars
-from .errors import UserError, check
+from .errors import check
+from .persistence import h1_bars, submit
 
 NORMALIZATIONS = ("quantile", "sqrt_dim", None)
 VARIANTS = ("exact", "rtd-ae")
-_worker = None
-_SHM = "/dev/shm"  # memory-backed on Linux
-
-
-class _Worker:
-    """A child process that computes one barcode while this process computes the other.
-
-    A plain child over pipes, not multiprocessing: an executor hands work over in a feeder thread, which needs the
-    GIL that giotto-ph holds here, and spawn would re-import the user's main script in the child. The matrix
-    itself crosses through a shared memory-mapped file (the pipe carries its name and size), so handing over a
-    2N x 2N matrix costs a memcpy, not a pickle through a 64 KiB pipe buffer.
-    """
-
-    def __init__(self):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = f"import sys; sys.path.insert(0, {root!r}); from lib._ph_worker import serve_stdio; serve_stdio()"
-        self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.path, self.buffer = None, np.zeros(0, np.float32)
-        atexit.register(self.close)
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def send(self, matrix):
-        if self.buffer.size < matrix.size:  # a new, larger file; the child maps it and unlinks it
-            fd, self.path = tempfile.mkstemp(prefix="ens-transfer-rtd-", dir=_shared_dir(matrix.size * 4))
-            os.ftruncate(fd, matrix.size * 4)
-            os.close(fd)
-            self.buffer = np.memmap(self.path, np.float32, "r+", shape=(matrix.size,))
-        self.buffer[: matrix.size] = matrix.ravel()
-        pickle.dump((self.path, self.buffer.size, matrix.shape), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self.proc.stdin.flush()
-
-    def recv(self):
-        return pickle.load(self.proc.stdout)
-
-    def close(self):
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=5)
-        except (OSError, ValueError, subprocess.TimeoutExpired):
-            self.proc.kill()
-        if self.path and os.path.exists(self.path):  # the child died before mapping it
-            os.unlink(self.path)
-
-
-def _shared_dir(nbytes):
-    """/dev/shm (memory) when it has room (containers often give it 64 MiB), else the temp folder (page cache)."""
-    try:
-        st = os.statvfs(_SHM)
-        return _SHM if st.f_bavail * st.f_frsize > 2 * nbytes else None
-    except OSError:
-        return None
-
-
-class _Done:
-    def __init__(self, value):
-        self.value = value
-
-    def result(self):
-        return self.value
-
-
-class _Pending:
-    def result(self):
-        return _worker.recv()
-
-
-def _submit(matrix, concurrent):
-    """Start h1_bars(matrix) in the worker process (returns a handle with .result()), or compute it here."""
-    global _worker
-    if concurrent and len(matrix) >= 64:  # small matrices: the hand-off costs more than it saves
-        try:
-            if _worker is None or not _worker.alive():
-                _worker = _Worker()
-            _worker.send(matrix)
-            return _Pending()
-        except (OSError, EOFError, pickle.PickleError):  # the worker died: carry on without it
-            _worker = None
-    return _Done(h1_bars(matrix))
-
-
 def _check_cloud(x, name):
     x = torch.as_tensor(x)
     check(x.dim() == 2, f"{name} must be a (points, features) array, got shape {tuple(x.shape)}")
@@ -168,7 +80,7 @@ def rtd(a, b, normalize="quantile", symmetric=True, concurrent=True):
         m = _cross_numpy(x, y)
         m[m < 1e-6 * float(x.mean())] = 0.0  # as the reference: entries below 1e-6 * mean(r1) are zero
         mats.append(m)
-    pending = _submit(mats[0], concurrent) if symmetric else None  # b -> a in the worker while a -> b runs here
+    pending = submit(mats[0], concurrent) if symmetric else None  # b -> a in the worker while a -> b runs here
     _, bars_ab = h1_bars(mats[1])
     a_to_b = float((bars_ab[:, 1] - bars_ab[:, 0]).sum())
     if not symmetric:
@@ -206,7 +118,7 @@ def rtd_loss(dist_ref, dist_cur, card=50, variant="exact", concurrent=True):
     # the persistence inputs are built in numpy: a torch op here would leave OpenMP threads spinning on the core
     # the worker needs
     ref, cur = _for_persistence(dist_ref), _for_persistence(dist_cur)
-    pending = _submit(_cross_numpy(cur, ref), concurrent)  # cur -> ref in the worker ...
+    pending = submit(_cross_numpy(cur, ref), concurrent)  # cur -> ref in the worker ...
     e1, b1 = h1_bars(_cross_numpy(ref, cur))  # ... while ref -> cur is computed here
     e2, b2 = pending.result()
     dx_1, dx_2 = _cross_matrix(dist_ref, dist_cur), _cross_matrix(dist_cur, dist_ref)
@@ -217,6 +129,3 @@ def rtd_loss(dist_ref, dist_cur, card=50, variant="exact", concurrent=True):
     else:
         death_1, death_2 = dx_1, dx_2
     return (_direction_loss(dx_1, death_1, e1, b1, card) + _direction_loss(dx_2, death_2, e2, b2, card)) / 2
-
-
-__all__ = ["rtd", "rtd_loss", "distance_matrix", "UserError"]

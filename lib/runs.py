@@ -1,6 +1,8 @@
-"""Runs on disk: one directory per experiment; every file written to a temporary name, then renamed.
+"""Runs on disk: one directory per experiment; every file written to a temporary name, then renamed. This module
+is the one place that writes and reads runs (RunDir, open_run, find_runs, run_label, write_csv, run_summary).
 
-    <output_dir>/config.json            the arguments (a re-run with other arguments is refused)
+    <output_dir>/config.json            the settings (a re-run with other settings is refused)
+    <output_dir>/config.yaml            the same settings as flags: `--config config.yaml` repeats the run
     <output_dir>/member_<i>.safetensors  member i's weights (BatchNorm buffers included), written when its cycle ends
     <output_dir>/member_<i>_probs.npy    member i's test-set probabilities (samples, classes), float32
     <output_dir>/member_<i>.json         member i's record (epochs, seconds, trainable fraction, accuracy)
@@ -8,6 +10,7 @@
     <output_dir>/labels.npy              test labels in the order of the probabilities
     <output_dir>/metrics.json            lib.metrics.summarize of all members
 """
+import csv
 import json
 import os
 import shutil
@@ -15,12 +18,15 @@ import tempfile
 
 import numpy as np
 import torch
+import yaml
+from safetensors.torch import load_file, save_file
 
+from . import metrics
 from .errors import UserError, check
 
 # arguments that do not change any result, so a re-run may change them
 NON_RESULT_ARGS = {"with_tracking", "num_workers", "output_dir", "cache_dir", "data_dir", "download", "cpu",
-                   "eval_batch_size", "quiet", "member_parallel"}
+                   "eval_batch_size", "quiet", "member_parallel", "config", "report_to"}
 
 
 _UMASK = os.umask(0)
@@ -55,14 +61,19 @@ def load_json(path):
         return json.load(f)
 
 
+def save_yaml(path, obj):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            yaml.safe_dump(obj, f, sort_keys=True, default_flow_style=False)
+    atomic_write(path, write)
+
+
 def save_weights(path, state_dict):
-    from safetensors.torch import save_file
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     atomic_write(path, lambda tmp: save_file(state, tmp))
 
 
 def load_weights(path):
-    from safetensors.torch import load_file
     return load_file(path, device="cpu")
 
 
@@ -119,6 +130,7 @@ class RunDir:
         if is_main:
             os.makedirs(path, exist_ok=True)
             if not os.path.exists(cfg_path):
+                save_yaml(os.path.join(path, "config.yaml"), {k: v for k, v in config.items() if k != "config"})
                 save_json(cfg_path, config)
         self.config = config
 
@@ -151,20 +163,60 @@ class RunDir:
         return np.stack([np.load(self.probs(i)) for i in range(1, n + 1)])
 
 
-def find_run_dirs(paths):
-    """Run directories among `paths` and below them (a sweep's output root works too)."""
+def open_run(path, min_members=1):
+    """The RunDir at `path` (read only), checked to hold at least `min_members` finished members and the labels."""
+    check(os.path.isdir(path), f"run directory not found: {path}")
+    cfg = os.path.join(path, "config.json")
+    check(os.path.isfile(cfg), f"not a run directory (no config.json): {path}")
+    try:
+        config = load_json(cfg)
+    except ValueError as e:
+        raise UserError(f"{cfg} is unreadable ({e})")
+    run = RunDir(path, config, is_main=False)
+    n = run.completed_members()
+    check(n >= min_members, f"{path} has {n} finished member(s); this needs at least {min_members}")
+    check(os.path.isfile(run.file("labels.npy")), f"{path} has no labels.npy")
+    return run
+
+
+def find_runs(paths):
+    """Run directories named in `paths` (any folder with a config.json), and the finished runs (config.json +
+    metrics.json) found below the others, e.g. a sweep's output root; sorted, each once."""
     found = []
     for p in paths:
         check(os.path.isdir(p), f"not a directory: {p}")
+        if os.path.isfile(os.path.join(p, "config.json")):
+            found.append(p)
+            continue
         for root, _dirs, files in os.walk(p):
             if "config.json" in files and "metrics.json" in files:
                 found.append(root)
-    return sorted(found)
+    check(found, f"no finished run (config.json + metrics.json) under {' '.join(map(str, paths))}")
+    return sorted({os.path.normpath(f) for f in found})
+
+
+def run_label(config, group_by=("method",)):
+    """A run's table row: the first key's value, then key=value for the others ('StarSSE cycle_lr=0.1')."""
+    return " ".join([str(config.get(group_by[0]))] + [f"{k}={config.get(k)}" for k in group_by[1:]])
+
+
+def run_info(run, group_by=("method",)):
+    c = run.config
+    return {"run_dir": run.path, "group": run_label(c, group_by), "method": c.get("method"), "seed": c.get("seed")}
+
+
+def write_csv(path, rows, columns):
+    """rows (dicts) as a CSV file with these columns (other keys ignored), atomically."""
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    atomic_write(path, write)
 
 
 def run_summary(run, probs, labels, config):
     """metrics.json of a run: lib.metrics.summarize plus what the report needs from the config and member records."""
-    from . import metrics
     result = metrics.summarize(probs, labels)
     records = [load_json(run.record(i)) for i in range(1, len(probs) + 1)]
     result.update(method=config["method"], seed=config["seed"], dataset=config["dataset"],

@@ -33,8 +33,3 @@ def member_schedule(args, member, iters_per_epoch):
     if member == 1:
         return cosine(args.lr, args.epochs, iters_per_epoch, args.lr_granularity)
     return cosine(args.cycle_lr, args.cycle_epochs, iters_per_epoch, args.lr_granularity)
-
-
-def run_schedule(args, iters_per_epoch):
-    """The whole SSE/StarSSE run as one array: phase I, then M-1 cycles (for plots and tests)."""
-    return np.concatenate([member_schedule(args, i, iters_per_epoch) for i in range(1, args.members + 1)])

@@ -1,45 +1,58 @@
 """The training loop on accelerate: one member (phase I, a DE member or a cycle), resumable epoch by epoch.
 
+    loop = LoopSettings.from_settings(cfg)          # batch size, SGD, workers, memory format, tracking
+    model, history, iters = fit(accelerator, model, data.train, loop, lrs, epochs, seed, resume_path, freeze=frz)
+
 Loss = CE + the sum of extra loss terms; a term is a function of the step (`Step` below), so similarity and
 diversity regularisers plug in without copying the loop:
     fit(..., loss_terms={"rtd": lambda s: alpha * rtd_loss(s.features["avgpool"], ref(s.x))}, taps=["avgpool"])
 """
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from .data import train_loader
-from .models import from_sync_batchnorm, set_train_mode, taps as stage_taps, to_sync_batchnorm
+from .models import freeze as freeze_stages, from_sync_batchnorm, taps as stage_taps, to_sync_batchnorm
 from .runs import save_torch
-
-# test hook: a process that set this exits abruptly (no clean-up, like a kill) after that many epochs in total
-EXIT_AFTER_EPOCHS = "ENS_TRANSFER_EXIT_AFTER_EPOCHS"
-_epochs_done_in_process = [0]
+from .seeding import seed_for
 
 
-def make_accelerator(args):
-    """Accelerator for the flags; CPU-only machines use the CPU path (DDP over gloo with several processes)."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-    cpu = args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
-    accelerator = Accelerator(cpu=cpu, mixed_precision=args.mixed_precision,
-                              log_with="tensorboard" if args.with_tracking else None,
-                              project_config=ProjectConfiguration(project_dir=args.output_dir,
-                                                                  logging_dir=os.path.join(args.output_dir, "tensorboard")))
+@dataclass(frozen=True)
+class LoopSettings:
+    """What the training loop needs to know besides the model, the data and the schedule."""
+    batch_size: int                 # global batch, split evenly over the processes
+    momentum: float = 0.9           # SGD momentum (a fresh optimizer, so zero momentum, at every member's start)
+    weight_decay: float = 0.0
+    num_workers: int = 0            # DataLoader workers per process (torchvision pipeline)
+    channels_last: str = "auto"     # memory format: auto = on CUDA only (it slows CPU convolutions)
+    sync_bn: bool = True            # DDP on GPUs: BatchNorm statistics over the global batch
+    quiet: bool = False             # no progress bar
+    with_tracking: bool = False     # log per step and per epoch to the accelerator's trackers
+
+    @classmethod
+    def from_settings(cls, settings):
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+def make_accelerator(cpu=False, mixed_precision=None, project_dir=None, log_with=None):
+    """Accelerator for one run; CPU-only machines use the CPU path (DDP over gloo with several processes).
+    log_with: accelerate's tracker names ("tensorboard", "wandb", "all") or None; TensorBoard writes to
+    <project_dir>/tensorboard."""
+    cpu = cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
+    project = ProjectConfiguration(project_dir=project_dir, logging_dir=os.path.join(project_dir, "tensorboard")) \
+        if project_dir else None
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with=log_with, project_config=project)
     if accelerator.device.type == "cpu" and accelerator.num_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
         # several processes on few cores: one thread group per process, never more threads than cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
     return accelerator
-
-
-def seed_for(*parts):
-    """A 32-bit seed derived from integers (seed, member, epoch, ...): independent streams, reproducible."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
 @dataclass
@@ -54,10 +67,10 @@ class Step:
     step: int = 0  # iteration within the member (epoch * iterations per epoch + i): seeds per-step draws
 
 
-def channels_last(args, accelerator):
-    """Whether to use channels_last memory format: on CUDA unless --channels_last off (it slows CPU convolutions)."""
-    choice = getattr(args, "channels_last", "auto")
-    return choice == "on" or (choice == "auto" and accelerator.device.type == "cuda")
+def memory_format(loop, accelerator):
+    """channels_last on CUDA unless --channels_last off, or everywhere with --channels_last on."""
+    on = loop.channels_last == "on" or (loop.channels_last == "auto" and accelerator.device.type == "cuda")
+    return torch.channels_last if on else torch.contiguous_format
 
 
 def predict_many(accelerator, models, loader, local=False, memory_format=torch.contiguous_format):
@@ -91,23 +104,25 @@ def predict(accelerator, model, loader, local=False, memory_format=torch.contigu
     return predict_many(accelerator, [model], loader, local, memory_format)[0]
 
 
-def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_terms=None, taps=(),
-        member=0, step_offset=0, desc="train", params=None, local=False):
-    """Train `model` for `epochs` with learning rates `lrs[step]` and a fresh SGD (momentum reset); returns it.
+def fit(accelerator, model, dataset, loop, lrs, epochs, seed, resume_path, *, freeze=None, loss_terms=None, taps=(),
+        member=0, step_offset=0, desc="train", local=False):
+    """Train `model` for `epochs` with learning rates `lrs[step]` and a fresh SGD (momentum reset); returns
+    (model, history of per-epoch records, iterations per epoch).
 
     Resumes from `resume_path` when it exists; writes it (atomically) after every epoch. Randomness of epoch e
     (data order, augmentation) comes from (seed, e), so a resumed member is identical to an uninterrupted one.
-    `params`: the parameters to optimise (default: all with requires_grad). local=True: this process trains the
-    member alone (member-parallel runs): the whole data set, no DDP, no collective operation, exactly as a
-    one-process run would.
+    freeze: a lib.models.Freeze (its parameters are the ones optimised, and its frozen tensors are verified at the
+    end); default: everything trains. local=True: this process trains the member alone (member-parallel runs):
+    the whole data set, no DDP, no collective operation, exactly as a one-process run would.
     """
     loss_terms = loss_terms or {}
+    freeze = freeze or freeze_stages(model, "none")
     world, rank = (1, 0) if local else (accelerator.num_processes, accelerator.process_index)
-    loader = train_loader(dataset, args.batch_size, world, rank, seed, args.num_workers, accelerator.device)
+    loader = train_loader(dataset, loop.batch_size, world, rank, seed, loop.num_workers, accelerator.device)
     iters = len(loader)
     assert len(lrs) == epochs * iters, f"schedule has {len(lrs)} steps, expected {epochs} x {iters}"
-    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
-    optimizer = torch.optim.SGD(params, lr=float(lrs[0]), momentum=args.momentum, weight_decay=args.weight_decay)
+    optimizer = torch.optim.SGD(freeze.params, lr=float(lrs[0]), momentum=loop.momentum,
+                                weight_decay=loop.weight_decay)
     start_epoch, state = 0, None
     if os.path.exists(resume_path):
         state = torch.load(resume_path, map_location="cpu", weights_only=True)
@@ -115,26 +130,25 @@ def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = state["epoch"]
         print(f"{desc}: resuming at epoch {start_epoch + 1}/{epochs} from {resume_path}", flush=True)
-    fmt = torch.channels_last if channels_last(args, accelerator) else torch.contiguous_format
+    fmt = memory_format(loop, accelerator)
     model = model.to(accelerator.device, memory_format=fmt)
     if local:  # no DDP wrapper: gradients stay in this process
         optimizer = accelerator.prepare_optimizer(optimizer)
     else:
-        if world > 1 and accelerator.device.type == "cuda" and getattr(args, "sync_bn", True):
+        if world > 1 and accelerator.device.type == "cuda" and loop.sync_bn:
             model = to_sync_batchnorm(model)  # BatchNorm over the global batch, as on the paper's single GPU
         model, optimizer = accelerator.prepare(model, optimizer)
     if state is not None and accelerator.scaler is not None and state.get("scaler"):
         accelerator.scaler.load_state_dict(state["scaler"])
     bar = tqdm(total=(epochs - start_epoch) * iters, desc=desc, leave=False, dynamic_ncols=True,
-               disable=args.quiet or not (local or accelerator.is_local_main_process))
-    exit_after = int(os.environ.get(EXIT_AFTER_EPOCHS, "0"))
+               disable=loop.quiet or not (local or accelerator.is_local_main_process))
     names = ["loss", "ce", *loss_terms]
     history = []
     for epoch in range(start_epoch, epochs):
         t0 = time.time()
         loader.sampler.set_epoch(epoch)
         torch.manual_seed(seed_for(seed, epoch, rank))  # augmentation stream of this epoch
-        set_train_mode(model)  # BatchNorm of frozen stages stays in eval mode
+        model.train()  # BatchNorm layers of frozen stages (bn="eval") stay in eval mode: lib.models.freeze
         # running sums stay on the device: one synchronisation per epoch, not several per step
         sums = torch.zeros(len(names) + 2, device=accelerator.device)  # names..., correct, n
         for it, (x, y) in enumerate(loader):
@@ -157,7 +171,7 @@ def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_
                 sums[:len(names)] += values * len(y)
                 sums[-2] += (logits.argmax(-1) == y).sum()
                 sums[-1] += len(y)
-            if args.with_tracking:
+            if loop.with_tracking:
                 accelerator.log({"train/lr": float(lrs[step]), "train/loss_step": loss.item(),
                                  **{f"train/{k}_step": float(v.detach()) for k, v in terms.items()}},
                                 step=step_offset + step)
@@ -168,7 +182,7 @@ def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_
                   **{k: totals[i] / totals[-1] for i, k in enumerate(names)}}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['train_acc']:.1f}")
-        if args.with_tracking:
+        if loop.with_tracking:
             accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"},
                             step=step_offset + (epoch + 1) * iters - 1)
         if local or accelerator.is_main_process:
@@ -177,18 +191,18 @@ def fit(accelerator, model, dataset, args, lrs, epochs, seed, resume_path, loss_
                                      "scaler": accelerator.scaler.state_dict() if accelerator.scaler else None})
         if not local:
             accelerator.wait_for_everyone()
-        _epochs_done_in_process[0] += 1
-        if exit_after and _epochs_done_in_process[0] >= exit_after:
-            os._exit(3)
     bar.close()
     model = from_sync_batchnorm(accelerator.unwrap_model(model)).to(memory_format=torch.contiguous_format)
     release(accelerator)
+    freeze.verify(model, desc)
     return model, history, iters
 
 
 def release(accelerator):
-    """Drop accelerate's references to the finished member's model and optimizer (so the next member does not
-    keep it alive). accelerator.free_memory() does this too but also runs gc.collect(), ~0.2 s per member."""
+    """Drop accelerate's references to the finished member's model and optimizer, so the next member does not keep
+    it alive. accelerator.free_memory() is the public way, but it also runs gc.collect() (about 0.2 s per member, 26 %
+    of a short demo run), so this one function clears accelerate's private lists instead; accelerate keeps prepared
+    objects nowhere else."""
     for name in ("_models", "_optimizers", "_schedulers"):
         getattr(accelerator, name, []).clear()
     if accelerator.device.type == "cuda":

@@ -11,34 +11,30 @@ import argparse
 import os
 import sys
 
-import torch
+import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.cli import Parser  # noqa: E402
-from lib.errors import UserError, check, cli_main  # noqa: E402
+from lib.cli import Parser, Settings  # noqa: E402
+from lib.data import load_task, test_loader  # noqa: E402
+from lib.errors import cli_main  # noqa: E402
 from lib.experiment import format_result  # noqa: E402
-from lib.runs import RunDir, load_json, run_summary, save_array, save_json  # noqa: E402
+from lib.models import build_model  # noqa: E402
+from lib.runs import load_weights, open_run, run_summary, save_array, save_json  # noqa: E402
+from lib.train import LoopSettings, make_accelerator, memory_format, predict_many  # noqa: E402
 
 
-def repredict(run, config, n):
+def repredict(run, cfg, n):
     """Predict the test set again with every member's saved weights, all members in one pass over the test set;
     returns (accelerator, probs of shape (members, samples, classes))."""
-    from lib.data import load_task, test_loader
-    from lib.models import build_model
-    from lib.runs import load_weights
-    from lib.train import channels_last, make_accelerator, predict_many
-    args = argparse.Namespace(**config)
-    args.cpu = args.cpu or False
-    args.with_tracking = False
-    acc = make_accelerator(args)
-    data = load_task(args)
-    fmt = torch.channels_last if channels_last(args, acc) else torch.contiguous_format
+    acc = make_accelerator(cfg.cpu, cfg.mixed_precision)
+    data = load_task(cfg)
+    fmt = memory_format(LoopSettings.from_settings(cfg), acc)
     models = []
     for i in range(1, n + 1):
-        model = build_model(args.arch, data.num_classes)
+        model = build_model(cfg.arch, data.num_classes)
         model.load_state_dict(load_weights(run.weights(i)))
         models.append(model.to(acc.device, memory_format=fmt))
-    return acc, predict_many(acc, models, test_loader(data.test, args.eval_batch_size, min(args.num_workers, 4)),
+    return acc, predict_many(acc, models, test_loader(data.test, cfg.eval_batch_size, min(cfg.num_workers, 4)),
                              memory_format=fmt)
 
 
@@ -49,20 +45,15 @@ def main():
     p.add_argument("--from_weights", action="store_true", help="predict the test set again from the saved weights")
     p.add_argument("--cpu", action="store_true", help="with --from_weights: use the CPU even if a GPU is present")
     a = p.parse_args()
-    cfg_path = os.path.join(a.run_dir, "config.json")
-    check(os.path.isfile(cfg_path), f"not a run directory (no config.json): {a.run_dir}")
-    try:
-        config = load_json(cfg_path)
-    except ValueError as e:
-        raise UserError(f"{cfg_path} is unreadable ({e})")
-    run = RunDir(a.run_dir, config, is_main=False)
+    run = open_run(a.run_dir)
     n = run.completed_members()
-    check(n >= 1, f"{a.run_dir} has no finished member")
-    labels = __import__("numpy").load(run.file("labels.npy"))
+    labels = np.load(run.file("labels.npy"))
+    config = run.config
     is_main = True
     if a.from_weights:
-        config["cpu"] = a.cpu or config.get("cpu", False)
-        acc, probs = repredict(run, config, n)
+        # the run's settings (older runs lack later flags: their defaults), on the CPU if asked
+        cfg = Settings({"channels_last": "auto", **config, "cpu": a.cpu or config.get("cpu", False)})
+        acc, probs = repredict(run, cfg, n)
         is_main = acc.is_main_process
         if is_main:
             for i in range(1, n + 1):

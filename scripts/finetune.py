@@ -13,29 +13,25 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.cli import base_parser  # noqa: E402
-from lib.errors import check, cli_main  # noqa: E402
+from lib.cli import base_parser, parse  # noqa: E402
+from lib.errors import cli_main  # noqa: E402
 from lib.experiment import Experiment  # noqa: E402
+
+
+def method(cfg):
+    """Fine-tune (one model), Local DE (N fine-tunes of one checkpoint) or Global DE (one of each); from scratch too."""
+    if cfg.pretrained == ["scratch"]:
+        return "Scratch" if cfg.members == 1 else "Scratch DE"
+    return "Global DE" if len(cfg.pretrained) > 1 else ("Local DE" if cfg.members > 1 else "Fine-tune")
 
 
 @cli_main
 def main():
-    parser = base_parser(__doc__)
-    args = parser.parse_args()
-    checkpoints = args.pretrained or [None]
-    if len(checkpoints) > 1:  # Global DE: one member per pre-trained checkpoint
-        check(args.members in (None, len(checkpoints)),
-              f"Global DE fine-tunes each checkpoint once: --members must equal the number of checkpoints ({len(checkpoints)})")
-        args.members = len(checkpoints)
-        method = "Global DE"
-    else:
-        args.members = args.members or 1  # one model unless --members asks for a Local DE
-        method = "Local DE" if args.members > 1 else "Fine-tune"
-    if checkpoints == ["scratch"]:
-        method = "Scratch" if args.members == 1 else "Scratch DE"
-    exp = Experiment(args, method, max_checkpoints=len(checkpoints), member_parallel_ok=True)
+    cfg = parse(base_parser(__doc__), method, checkpoints="many",
+                defaults=lambda a: {"members": 1})  # one model unless --members asks for a Local DE
+    exp = Experiment(cfg)
 
-    for i in range(1, args.members + 1):
+    for i in range(1, cfg.members + 1):
         exp.finetune(i, checkpoint=exp.checkpoints[(i - 1) % len(exp.checkpoints)])  # independent fine-tunes
     exp.finish()
 

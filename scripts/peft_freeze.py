@@ -11,31 +11,25 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.cli import add_freeze_args, base_parser  # noqa: E402
-from lib.errors import check, cli_main  # noqa: E402
+from lib.cli import add_freeze_args, base_parser, parse  # noqa: E402
+from lib.errors import cli_main  # noqa: E402
 from lib.experiment import Experiment  # noqa: E402
-from lib.models import frozen_modules  # noqa: E402
+
+
+def method(cfg):
+    kind = "Global DE" if len(cfg.pretrained) > 1 else ("Local DE" if cfg.members > 1 else "Fine-tune")
+    return f"{kind} (freeze {cfg.freeze})"
 
 
 @cli_main
 def main():
-    parser = add_freeze_args(base_parser(__doc__), "freeze every stage before this one, from the start")
-    parser.set_defaults(freeze="stage4")
-    args = parser.parse_args()
-    frozen_modules(args.freeze)
-    checkpoints = args.pretrained or [None]
-    if len(checkpoints) > 1:
-        check(args.members in (None, len(checkpoints)),
-              f"Global DE fine-tunes each checkpoint once: --members must equal the number of checkpoints ({len(checkpoints)})")
-        args.members = len(checkpoints)
-    args.members = args.members or 1
-    kind = "Global DE" if len(checkpoints) > 1 else ("Local DE" if args.members > 1 else "Fine-tune")
-    exp = Experiment(args, f"{kind} (freeze {args.freeze})", max_checkpoints=len(checkpoints),
-                     member_parallel_ok=True)
+    parser = add_freeze_args(base_parser(__doc__), "freeze every stage before this one, from the start",
+                             default="stage4")
+    cfg = parse(parser, method, checkpoints="many", defaults=lambda a: {"members": 1})
+    exp = Experiment(cfg)
 
-    for i in range(1, args.members + 1):      # independent fine-tunes, frozen stages from the first step
-        exp.finetune(i, checkpoint=exp.checkpoints[(i - 1) % len(exp.checkpoints)], freeze=args.freeze,
-                     frozen_bn=args.frozen_bn)
+    for i in range(1, cfg.members + 1):      # independent fine-tunes, frozen stages from the first step
+        exp.finetune(i, checkpoint=exp.checkpoints[(i - 1) % len(exp.checkpoints)], freeze=cfg.freeze)
     exp.finish()
 
 

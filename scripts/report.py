@@ -11,8 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib.cli import runs_parser  # noqa: E402
-from lib.errors import check, cli_main  # noqa: E402
-from lib.report import load_runs, markdown_table, plot_curves, summarize_groups, write_csv  # noqa: E402
+from lib.errors import cli_main  # noqa: E402
+from lib.report import load_runs, markdown_table, plot_curves, runs_csv, summarize_groups  # noqa: E402
 from lib.runs import atomic_write  # noqa: E402
 
 
@@ -22,14 +22,13 @@ def main():
     p.add_argument("--title", default="Results")
     a = p.parse_args()
     runs = load_runs(a.run_dirs, tuple(a.group_by))
-    check(runs, f"no finished run (config.json + metrics.json) under {' '.join(a.run_dirs)}")
     summary = summarize_groups(runs)
     table = markdown_table(summary)
     os.makedirs(a.out, exist_ok=True)
     text = f"# {a.title}\n\n{table}\n\n![ensemble accuracy by size](ensemble_by_size.png)\n" \
            f"![member accuracy by index](member_accuracy.png)\n"
     atomic_write(os.path.join(a.out, "report.md"), lambda tmp: open(tmp, "w").write(text))
-    atomic_write(os.path.join(a.out, "runs.csv"), lambda tmp: write_csv(tmp, runs))
+    runs_csv(os.path.join(a.out, "runs.csv"), runs)
     atomic_write(os.path.join(a.out, "ensemble_by_size.png"),
                  lambda tmp: plot_curves(summary, "by_size", "ensemble test accuracy (%)", tmp))
     atomic_write(os.path.join(a.out, "member_accuracy.png"),

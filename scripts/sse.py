@@ -10,18 +10,18 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.cli import base_parser  # noqa: E402
+from lib.cli import base_parser, parse  # noqa: E402
 from lib.errors import cli_main  # noqa: E402
 from lib.experiment import Experiment  # noqa: E402
 
 
 @cli_main
 def main():
-    args = base_parser(__doc__).parse_args()
-    exp = Experiment(args, "SSE")
+    cfg = parse(base_parser(__doc__), "SSE")
+    exp = Experiment(cfg)
 
     w = exp.finetune(1)                       # phase I: model 1 (cached, shared with StarSSE and Local DE)
-    for i in range(2, args.members + 1):
+    for i in range(2, cfg.members + 1):
         w = exp.cycle(i, init=w)              # continue the same trajectory: cycle i starts where i-1 ended
     exp.finish()
 

@@ -18,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.cli import base_parser  # noqa: E402
+from lib.cli import base_parser, parse  # noqa: E402
 from lib.errors import cli_main  # noqa: E402
 from lib.experiment import Experiment  # noqa: E402
 from lib.losses import FeatureSimilarity, parse_layers  # noqa: E402
@@ -39,21 +39,19 @@ def main():
     g.add_argument("--rtd_card", type=int, default=50, help="most persistent H1 bars kept per direction")
     g.add_argument("--rtd_variant", choices=["rtd-ae", "exact"], default="rtd-ae")
     g.add_argument("--rtd_normalize", choices=["sqrt_dim", "quantile", "none"], default="sqrt_dim")
-    args = p.parse_args()
-    if args.alpha is None:
-        args.alpha = THESIS_ALPHA[(args.similarity, args.star)]
-    layers = parse_layers(args.layers)
-    reg = FeatureSimilarity(args.similarity, args.alpha, layers, args.rtd_card, args.rtd_variant,
-                            None if args.rtd_normalize == "none" else args.rtd_normalize)  # checks values first
-    exp = Experiment(args, ("StarSSE-" if args.star else "SSE-") + args.similarity.upper(),
-                     member_parallel_ok=args.star)  # StarSSE rays depend only on model 1; SSE on the previous member
+    cfg = parse(p, lambda a: ("StarSSE-" if a.star else "SSE-") + a.similarity.upper(),
+                defaults=lambda a: {"alpha": THESIS_ALPHA[(a.similarity, a.star)]})
+    layers = parse_layers(cfg.layers)
+    reg = FeatureSimilarity(cfg.similarity, cfg.alpha, layers, cfg.rtd_card, cfg.rtd_variant,
+                            None if cfg.rtd_normalize == "none" else cfg.rtd_normalize)  # checks values first
+    exp = Experiment(cfg)
 
     w1 = exp.finetune(1)                                   # phase I: model 1 (cached, shared with the core runs)
     reg.set_reference(exp.model(w1), exp.accelerator.device)  # one frozen copy of model 1, in eval mode
     w = w1
-    for i in range(2, args.members + 1):
-        w = exp.cycle(i, init=w1 if args.star else w,       # SSE continues its trajectory; --star restarts from w1
-                      loss_terms={args.similarity: reg}, taps=list(layers))
+    for i in range(2, cfg.members + 1):
+        w = exp.cycle(i, init=w1 if cfg.star else w,        # SSE continues its trajectory; --star restarts from w1
+                      loss_terms={cfg.similarity: reg}, taps=list(layers))
     exp.finish()
 
 

@@ -12,23 +12,20 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.cli import add_freeze_args, base_parser  # noqa: E402
+from lib.cli import add_freeze_args, base_parser, parse  # noqa: E402
 from lib.errors import cli_main  # noqa: E402
 from lib.experiment import Experiment  # noqa: E402
-from lib.models import frozen_modules  # noqa: E402
 
 
 @cli_main
 def main():
-    args = add_freeze_args(base_parser(__doc__), "cycles 2..M freeze every stage before this one").parse_args()
-    frozen_modules(args.freeze)               # an unknown stage name fails here, before anything runs
-    exp = Experiment(args, "StarSSE" if args.freeze == "none" else f"StarSSE (freeze {args.freeze})",
-                     member_parallel_ok=True)  # rays depend only on model 1
+    parser = add_freeze_args(base_parser(__doc__), "cycles 2..M freeze every stage before this one")
+    cfg = parse(parser, lambda a: "StarSSE" if a.freeze == "none" else f"StarSSE (freeze {a.freeze})")
+    exp = Experiment(cfg)
 
     w1 = exp.finetune(1)                      # phase I: model 1, fully fine-tuned (cached, shared with SSE, Local DE)
-    for i in range(2, args.members + 1):
-        exp.cycle(i, init=w1,                 # every ray starts again from model 1
-                  freeze=args.freeze, frozen_bn=args.frozen_bn)
+    for i in range(2, cfg.members + 1):
+        exp.cycle(i, init=w1, freeze=cfg.freeze)  # every ray starts again from model 1
     exp.finish()
 
 

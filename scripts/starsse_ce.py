@@ -11,7 +11,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.cli import base_parser  # noqa: E402
+from lib.cli import base_parser, parse  # noqa: E402
 from lib.errors import cli_main  # noqa: E402
 from lib.experiment import Experiment  # noqa: E402
 from lib.losses import PredictionDiversity, compute_dtype  # noqa: E402
@@ -25,14 +25,14 @@ def main():
     g.add_argument("--mode", choices=["all", "incorrect"], default="incorrect",
                    help="all samples (thesis (1)) or only those member j gets wrong (thesis (2))")
     g.add_argument("--include_first", action="store_true", help="model 1 can be drawn as member j too")
-    args = p.parse_args()
-    term = PredictionDiversity(args.alpha, args.mode, args.include_first, args.seed)  # checks values first
-    exp = Experiment(args, f"StarSSE-CE ({args.mode})")
+    cfg = parse(p, lambda a: f"StarSSE-CE ({a.mode})")
+    term = PredictionDiversity(cfg.alpha, cfg.mode, cfg.include_first, cfg.seed)  # checks values first
+    exp = Experiment(cfg)
     device, dtype = exp.accelerator.device, compute_dtype(exp.accelerator)
 
     w1 = exp.finetune(1)                                   # phase I: model 1 (cached, shared with StarSSE)
     term.add(1, exp.model(w1), device, dtype)              # kept only with --include_first
-    for i in range(2, args.members + 1):
+    for i in range(2, cfg.members + 1):
         w = exp.cycle(i, init=w1, loss_terms={"ce_diversity": term})  # a ray from model 1, pushed from earlier rays
         term.add(i, exp.model(w), device, dtype)           # each earlier member held once, in eval mode
     exp.finish()

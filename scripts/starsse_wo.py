@@ -14,7 +14,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.cli import base_parser  # noqa: E402
+from lib.cli import base_parser, parse  # noqa: E402
 from lib.errors import cli_main  # noqa: E402
 from lib.experiment import Experiment  # noqa: E402
 from lib.losses import WeightOrthogonality, compute_dtype  # noqa: E402
@@ -27,14 +27,14 @@ def main():
     g.add_argument("--alpha", type=float, default=10.0, help="weight of cos^2 (thesis grid -31.6 .. 31.6; script 10)")
     g.add_argument("--wo_space", choices=["raw", "delta"], default="raw",
                    help="raw weights (thesis) or displacements from model 1")
-    args = p.parse_args()
-    term = WeightOrthogonality(args.alpha, args.wo_space, args.seed)  # checks values first
-    exp = Experiment(args, "StarSSE-WO" if args.wo_space == "raw" else "StarSSE-WO (delta)")
+    cfg = parse(p, lambda a: "StarSSE-WO" if a.wo_space == "raw" else "StarSSE-WO (delta)")
+    term = WeightOrthogonality(cfg.alpha, cfg.wo_space, cfg.seed)  # checks values first
+    exp = Experiment(cfg)
     device, dtype = exp.accelerator.device, compute_dtype(exp.accelerator)
 
     w1 = exp.finetune(1)                                   # phase I: model 1 (cached, shared with StarSSE)
     term.add(1, exp.model(w1), device, dtype)              # the origin of --wo_space delta
-    for i in range(2, args.members + 1):
+    for i in range(2, cfg.members + 1):
         w = exp.cycle(i, init=w1, loss_terms={"wo": term})  # a ray from model 1, pushed towards orthogonality
         term.add(i, exp.model(w), device, dtype)           # each earlier member's weights held once
     exp.finish()

@@ -19,15 +19,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(1, os.path.dirname(os.path.abspath(__file__)))  # the sibling analysis scripts
-import analyze_representations  # noqa: E402
-import diversity_structure  # noqa: E402
-import subsets  # noqa: E402
-from lib.analysis import REPR_STAGES, run_label  # noqa: E402
-from lib.cli import Parser, slug  # noqa: E402
+from lib import diversity, representations, subsets  # noqa: E402
+from lib.cli import Parser  # noqa: E402
 from lib.errors import check, cli_main  # noqa: E402
-from lib.report import markdown_table, plot_curves, summarize_groups, write_csv  # noqa: E402
-from lib.runs import LATER_ARGS, NON_RESULT_ARGS, atomic_write, find_run_dirs, load_json  # noqa: E402
+from lib.methods import directory  # noqa: E402
+from lib.report import markdown_table, plot_curves, runs_csv, summarize_groups  # noqa: E402
+from lib.runs import LATER_ARGS, NON_RESULT_ARGS, atomic_write, find_runs, load_json, run_label  # noqa: E402
+from lib.weights import REPR_STAGES  # noqa: E402
 
 SECTIONS = ["results", "representations", "diversity", "subsets"]
 NOT_SETTINGS = NON_RESULT_ARGS | {"seed", "pretrained", "method"}  # repetitions (seed, checkpoint), not settings
@@ -53,7 +51,7 @@ def settings(run_dirs):
 def results(runs, out):
     table_runs = [(run_label(cfg, gb), d, cfg, load_json(os.path.join(d, "metrics.json"))) for d, (cfg, gb) in runs.items()]
     summary = summarize_groups(table_runs)
-    atomic_write(os.path.join(out, "runs.csv"), lambda tmp: write_csv(tmp, table_runs))
+    runs_csv(os.path.join(out, "runs.csv"), table_runs)
     curves = summary if len(summary) <= MAX_CURVES else \
         ({k: v for k, v in summary.items() if "=" not in k} or dict(list(summary.items())[:MAX_CURVES]))
     atomic_write(os.path.join(out, "ensemble_by_size.png"),
@@ -88,8 +86,7 @@ def main():
     a = build_parser().parse_args()
     for r in a.roots:
         check(os.path.isdir(r), f"not a directory: {r}")
-    runs = settings(find_run_dirs(a.roots))
-    check(runs, f"no finished run (config.json + metrics.json) under {' '.join(a.roots)}")
+    runs = settings(find_runs(a.roots))
     os.makedirs(a.out, exist_ok=True)
     parts = [f"# {a.title}\n\nFrom {len(runs)} runs under {', '.join(a.roots)}. Accuracy and diversity in %, "
              f"mean ± std over runs (ddof=1) unless said otherwise.\n"]
@@ -105,20 +102,20 @@ def main():
     section("results", "1. Results (tables 4.1, 5.x, 6.3, 6.4; figure 4.4)", lambda: results(runs, a.out))
     chosen = {m: {d: gb for d, (c, gb) in runs.items() if c.get("method") == m} for m in a.methods}
 
-    def representations():
+    def representation_section():
         text = []
         for method, method_runs in chosen.items():
             if not method_runs:
                 text.append(f"### {method}\n\nNo {method} run (sweeps/cifar100_core.sh, cifar100_cycle_grid.sh).\n")
                 continue
             gb = next(iter(method_runs.values()))
-            text.append(f"### {method}\n\n" + analyze_representations.analyze(
+            text.append(f"### {method}\n\n" + representations.analyze(
                 list(method_runs), a.out, a.n_points, REPR_STAGES, gb, "auto", a.data_dir, "cpu" if a.cpu else None,
-                prefix=f"representations_{slug(method)}"))
+                prefix=f"representations_{directory(method)}"))
         return "\n".join(text)
-    section("representations", "2. Internal representations (figures 4.2, 4.3, 4.5)", representations)
+    section("representations", "2. Internal representations (figures 4.2, 4.3, 4.5)", representation_section)
 
-    def diversity():
+    def diversity_section():
         pool = [d for m in chosen.values() for d in m if runs[d][0].get("members", 1) >= 2]
         if not pool:
             return f"No {' or '.join(a.methods)} run with 2 members or more.\n"
@@ -127,9 +124,9 @@ def main():
             star.setdefault(run_label(*runs[d]), []).append(d)
         largest = max(star.values(), key=len) if star else pool
         keys = sorted({k for d in pool for k in runs[d][1][1:]})
-        return diversity_structure.analyze(pool, a.out, ("method", *keys), a.matrices, a.rows,
+        return diversity.analyze(pool, a.out, ("method", *keys), a.matrices, a.rows,
                                            matrix_runs=largest[:a.matrices], row_runs=largest[:a.rows])
-    section("diversity", "3. Diversity structure (table 6.2, figures 6.2, 6.4)", diversity)
+    section("diversity", "3. Diversity structure (table 6.2, figures 6.2, 6.4)", diversity_section)
 
     def subset_section():
         big = [d for d, (c, _gb) in runs.items() if c.get("members", 1) > a.subset_size]

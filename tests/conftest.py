@@ -45,6 +45,12 @@ def tiny(cache_dir):
     return ["--cpu", "--quiet", "--epochs", "2", "--cycle_epochs", "1", "--members", "3", "--cache_dir", cache_dir]
 
 
+def settings(flags, method="check", **kw):
+    """Resolved settings (lib.cli.parse) of the base flags `flags` for a run of `method`."""
+    from lib.cli import base_parser, parse as parse_settings
+    return parse_settings(base_parser("test"), method, argv=[str(f) for f in flags], **kw)
+
+
 def parse(flags, script=None):
     """Parse flags with the base parser (script=None) or with scripts/<script>'s own parser (parse_known_args
     on the base parser, then a check that the script accepts every flag)."""

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, parse, run_script
-from lib import analysis as A
+from conftest import REPO, parse, run_script, settings
+from lib import diversity as D, representations as R, subsets as S, weights as W
 from lib import metrics
 from lib.experiment import Experiment
 from lib.runs import load_json, load_weights, save_weights
@@ -41,7 +41,7 @@ def _is_png(path):
 def _mixed_probs(members, seed=0):
     """Members that mostly agree (CIFAR-like) on some samples and disagree at random on others, plus exact ties."""
     rng = np.random.default_rng(seed)
-    agree, y1 = A.synthetic_probs(members, 150, 6, seed=seed)
+    agree, y1 = S.synthetic_probs(members, 150, 6, seed=seed)
     noisy = rng.dirichlet(np.full(6, 0.7), size=(members, 150)).astype(np.float32)
     tie = np.tile(np.array([[0.3, 0.3, 0.1, 0.1, 0.1, 0.1]], np.float32), (members, 1))[:, None]  # unanimous tie
     swap = np.array([[0.5, 0.3, 0.05, 0.05, 0.05, 0.05], [0.3, 0.5, 0.05, 0.05, 0.05, 0.05]], np.float32)
@@ -54,7 +54,7 @@ def _mixed_probs(members, seed=0):
 @pytest.mark.parametrize("fix_first", [False, True])
 def test_subset_statistics_match_a_direct_loop(fix_first):
     probs, labels = _mixed_probs(7)
-    st = A.subset_stats(probs, labels, 3, fix_first)
+    st = S.subset_stats(probs, labels, 3, fix_first)
     expected = [c for c in itertools.combinations(range(7), 3) if not fix_first or 0 in c]
     assert [tuple(s) for s in st["idx"]] == expected and len(expected) == (15 if fix_first else 35)
     for s, avg, div, ens in zip(st["idx"], st["avg_accuracy"], st["diversity"], st["ensemble_accuracy"]):
@@ -63,32 +63,32 @@ def test_subset_statistics_match_a_direct_loop(fix_first):
         assert div == pytest.approx(metrics.diversity(sub, labels), abs=1e-12)
         assert ens == metrics.ensemble_accuracy(sub, labels)  # exactly: same argmax on every sample, ties included
     # chunks of one subset give the same result as one chunk
-    one = A.subset_ensemble_accuracy(probs, labels, st["idx"], chunk_bytes=1)
+    one = S.subset_ensemble_accuracy(probs, labels, st["idx"], chunk_bytes=1)
     assert np.array_equal(one, st["ensemble_accuracy"])
 
 
 def test_every_subset_of_a_15_member_cifar_sized_run_in_seconds():
-    probs, labels = A.synthetic_probs(15, 10000, 100)
+    probs, labels = S.synthetic_probs(15, 10000, 100)
     t0 = time.time()
-    st = A.subset_stats(probs, labels, 5)
+    st = S.subset_stats(probs, labels, 5)
     seconds = time.time() - t0
     assert len(st["idx"]) == 3003 and seconds < 15, seconds  # about 0.2 s here; a loop over lib.metrics: ~21 s
     for r in (0, 1500, 3002):
         assert st["ensemble_accuracy"][r] == metrics.ensemble_accuracy(probs[st["idx"][r]], labels)
-    assert len(A.subset_indices(15, 5, fix_first=True)) == 1001
+    assert len(S.subset_indices(15, 5, fix_first=True)) == 1001
 
 
 def test_svm_line_separates_separable_points_and_tails():
     rng = np.random.default_rng(0)
     xy = np.concatenate([rng.normal([85.0, 60.0], 0.2, (40, 2)), rng.normal([86.0, 64.0], 0.2, (40, 2))])
     label = np.arange(80) >= 40
-    (a, b, c), acc = A.separating_line(xy[:, 0], xy[:, 1], label)
+    (a, b, c), acc = S.separating_line(xy[:, 0], xy[:, 1], label)
     assert acc == 1.0
     assert np.array_equal(a * xy[:, 0] + b * xy[:, 1] + c > 0, label)  # the True side is positive
-    assert A.separating_line(xy[:, 0], xy[:, 1], np.zeros(80, bool)) is None
+    assert S.separating_line(xy[:, 0], xy[:, 1], np.zeros(80, bool)) is None
     ens = np.array([3.0, 1.0, 2.0, 5.0, 4.0])
-    assert list(A.better_half(ens)) == [False, False, False, True, True]
-    worst, best = A.tails(np.arange(100.0)[::-1], 0.05)
+    assert list(S.better_half(ens)) == [False, False, False, True, True]
+    worst, best = S.tails(np.arange(100.0)[::-1], 0.05)
     assert sorted(worst) == [95, 96, 97, 98, 99] and sorted(best) == [0, 1, 2, 3, 4]
 
 
@@ -101,15 +101,15 @@ def test_wasserstein_is_the_exact_assignment_cost():
     a, b = rng.normal(size=(12, 3)), rng.normal(size=(12, 3)) + 0.5
     cost = ((a[:, None] - b[None]) ** 2).sum(-1)
     r, c = linear_sum_assignment(cost)  # equal sizes, uniform weights: the optimal plan is a permutation
-    assert A.wasserstein2(a, b) == pytest.approx(np.sqrt(cost[r, c].mean()), rel=1e-9)
-    assert A.wasserstein2(a, a) == 0.0
-    d = A.feature_distances(torch.tensor(a), torch.tensor(b))
+    assert R.wasserstein2(a, b) == pytest.approx(np.sqrt(cost[r, c].mean()), rel=1e-9)
+    assert R.wasserstein2(a, a) == 0.0
+    d = R.feature_distances(torch.tensor(a), torch.tensor(b))
     assert d["mse"] == pytest.approx(((a - b) ** 2).mean())
-    assert A.feature_distances(torch.tensor(a), torch.tensor(a)) == {"rtd": 0.0, "mse": 0.0, "wasserstein": 0.0}
+    assert R.feature_distances(torch.tensor(a), torch.tensor(a)) == {"rtd": 0.0, "mse": 0.0, "wasserstein": 0.0}
 
 
 def test_weight_statistics_by_hand(tmp_path):
-    keys = A.parameter_keys("resnet_mini", 10)
+    keys = W.parameter_keys("resnet_mini", 10)
     assert keys["avgpool"] == ["fc.weight", "fc.bias"]  # the AvgPool output's "weights": the fc layer reading it
     assert keys["stage2"] and all(k.startswith("layer1.") for k in keys["stage2"])
     assert not any("running" in k or "num_batches" in k for k in keys["all"])
@@ -118,11 +118,11 @@ def test_weight_statistics_by_hand(tmp_path):
     paths = [str(tmp_path / f"m{i}.safetensors") for i in range(3)]
     for s, p in zip(states, paths):
         save_weights(p, s)
-    gram, mse = A.weight_stats(paths, {"all": ["w", "v"], "s": ["w"]})
+    gram, mse = W.weight_stats(paths, {"all": ["w", "v"], "s": ["w"]})
     flat = torch.stack([torch.cat([s["w"].flatten(), s["v"]]) for s in states]).double()
     assert np.allclose(gram, (flat @ flat.T).numpy())
     assert np.allclose(mse["s"], [((s["w"] - states[0]["w"]).double() ** 2).mean().item() for s in states])
-    cos = A.cosine_from_gram(gram)
+    cos = W.cosine_from_gram(gram)
     assert cos[0, 1] == pytest.approx(torch.nn.functional.cosine_similarity(flat[0], flat[1], dim=0).item())
 
 
@@ -130,12 +130,12 @@ def test_correlations_against_numpy():
     rng = np.random.default_rng(0)
     rows = [{"run_dir": f"r{k}", "diversity": rng.normal(60 + 5 * k), "weight_cosine": 1 - 0.01 * k + 1e-3 * rng.normal()}
             for k in range(3) for _ in range(10)]
-    corr = A.correlations(rows)
+    corr = D.correlations(rows)
     div, cos = np.array([r["diversity"] for r in rows]), np.array([r["weight_cosine"] for r in rows])
     assert corr["global"] == pytest.approx(np.corrcoef(div, cos)[0, 1])
     within = [np.corrcoef(div[k * 10:(k + 1) * 10], cos[k * 10:(k + 1) * 10])[0, 1] for k in range(3)]
     assert corr["within_mean"] == pytest.approx(np.mean(within))
-    assert np.isnan(A.pearson([1.0, 2.0], [3.0, 4.0]))  # two points: no correlation to speak of
+    assert np.isnan(D.pearson([1.0, 2.0], [3.0, 4.0]))  # two points: no correlation to speak of
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -145,9 +145,9 @@ def test_correlations_against_numpy():
 def tiny_run(tmp_path_factory):
     """A real 3-member StarSSE on the embedded default from random initialisation (no pre-training: seconds)."""
     root = tmp_path_factory.mktemp("analysis")
-    args = parse(["--cpu", "--quiet", "--epochs", "2", "--cycle_epochs", "1", "--members", "3", "--pretrained",
-                  "scratch", "--cache_dir", root / "cache", "--output_dir", root / "sweep" / "starsse" / "run0"])
-    exp = Experiment(args, "StarSSE")
+    exp = Experiment(settings(["--cpu", "--quiet", "--epochs", "2", "--cycle_epochs", "1", "--members", "3",
+                               "--pretrained", "scratch", "--cache_dir", root / "cache",
+                               "--output_dir", root / "sweep" / "starsse" / "run0"], "StarSSE"))
     w1 = exp.finetune(1)
     for i in (2, 3):
         exp.cycle(i, init=w1)
@@ -161,12 +161,12 @@ def test_representations_end_to_end_with_cache(tiny_run):
     r = run_script("analyze_representations.py", run, "--n_points", 32, "--cpu", "--out", out)
     assert r.returncode == 0, r.stderr
     assert "member 3 computed" in r.stdout
-    assert _header(os.path.join(out, "representations.csv")) == A.REPR_COLUMNS
+    assert _header(os.path.join(out, "representations.csv")) == R.REPR_COLUMNS
     rows = _rows(os.path.join(out, "representations.csv"))
     assert len(rows) == 3 * (5 * 4 + 1)  # 5 stages x (rtd, mse, wasserstein, weight_mse) + weight_cosine
     value = {(int(x["member"]), x["stage"], x["metric"]): float(x["value"]) for x in rows}
-    for stage in A.REPR_STAGES:
-        for metric in A.FEATURE_METRICS + ["weight_mse"]:
+    for stage in W.REPR_STAGES:
+        for metric in R.FEATURE_METRICS + ["weight_mse"]:
             assert value[(1, stage, metric)] == 0.0  # member 1 against itself
             assert value[(2, stage, metric)] > 0.0
     assert value[(1, "all", "weight_cosine")] == pytest.approx(1.0) and value[(2, "all", "weight_cosine")] < 1.0
@@ -205,7 +205,7 @@ def test_diversity_subsets_and_thesis_report(tiny_run):
     r = run_script("diversity_structure.py", run, "--out", out)
     assert r.returncode == 0, r.stderr
     rows = _rows(os.path.join(out, "diversity_pairs.csv"))
-    assert _header(os.path.join(out, "diversity_pairs.csv")) == A.PAIR_COLUMNS and len(rows) == 3
+    assert _header(os.path.join(out, "diversity_pairs.csv")) == D.PAIR_COLUMNS and len(rows) == 3
     probs, labels = np.stack([np.load(os.path.join(run, f"member_{i}_probs.npy")) for i in (1, 2, 3)]), \
         np.load(os.path.join(run, "labels.npy"))
     pair = metrics.pairwise_diversity(probs, labels)
@@ -226,7 +226,7 @@ def test_diversity_subsets_and_thesis_report(tiny_run):
     assert float(rows[1]["ensemble_accuracy"]) == pytest.approx(metrics.ensemble_accuracy(probs[[0, 2]], labels))
     assert _is_png(os.path.join(out, "subsets.png")) and "worst 5 %" in r.stdout
     documented = open(os.path.join(REPO, "README.md")).read()
-    for column in A.REPR_COLUMNS + A.PAIR_COLUMNS + _header(os.path.join(out, "subsets.csv")):
+    for column in R.REPR_COLUMNS + D.PAIR_COLUMNS + _header(os.path.join(out, "subsets.csv")):
         assert f"`{column}`" in documented, column
 
     out = os.path.join(root, "report")
@@ -279,7 +279,7 @@ def test_analysis_sweep_commands_parse(tmp_path):
     ("subsets", ["RUN", "--size", "5"], "--size 5 needs at least 5"),
     ("subsets", ["RUN", "--size", "x"], "invalid int"),
     ("analyze_representations", ["EMPTY"], "no finished run"),
-    ("analyze_representations", ["RUN", "--stages", "stage9"], "invalid choice"),
+    ("analyze_representations", ["RUN", "--stages", "stage9"], "unknown --stages 'stage9' (choose from stage2"),
     ("analyze_representations", ["RUN", "--n_points", "1"], "--n_points must be at least 4"),
     ("diversity_structure", ["/nonexistent/run"], "not a directory"),
     ("thesis_report", ["EMPTY"], "no finished run"),

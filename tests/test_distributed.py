@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from conftest import ACCELERATE, REPO, parse
+from conftest import ACCELERATE, REPO, settings
 from lib.runs import load_json
 
 def _predict_digits(out):
@@ -48,7 +48,7 @@ def test_two_process_prediction_equals_one_process(tmp_path):
 
 def test_accelerate_launch_two_processes_gives_the_same_evaluation(tmp_path, tiny):
     from lib.experiment import Experiment
-    exp = Experiment(parse(tiny + ["--members", "2", "--output_dir", tmp_path / "run"]), "Local DE")
+    exp = Experiment(settings(tiny + ["--members", "2", "--output_dir", tmp_path / "run"], "Local DE"))
     exp.finetune(1), exp.finetune(2)
     one = exp.finish()
     before = [np.load(exp.run.probs(i)) for i in (1, 2)]

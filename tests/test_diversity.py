@@ -122,10 +122,10 @@ def test_scripts_change_training_only_from_member_3(tmp_path, tiny):
 
 
 def test_bad_diversity_input(tmp_path, cache_dir):
-    for script, flags, msg in [("starsse_ce.py", ["--mode", "some"], "invalid choice: 'some'"),
+    for script, flags, msg in [("starsse_ce.py", ["--mode", "some"], "unknown --mode 'some' (choose from all, incorrect)"),
                                ("starsse_ce.py", ["--alpha", "nan"], "--alpha must be a finite number"),
                                ("starsse_wo.py", ["--alpha", "inf"], "--alpha must be a finite number"),
-                               ("starsse_wo.py", ["--wo_space", "cos"], "invalid choice: 'cos'")]:
+                               ("starsse_wo.py", ["--wo_space", "cos"], "unknown --wo_space 'cos' (choose from raw, delta)")]:
         r = run_script(script, "--cpu", "--cache_dir", cache_dir, "--output_dir", tmp_path / "o", *flags)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.stderr

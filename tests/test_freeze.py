@@ -3,19 +3,17 @@ import pytest
 import torch
 import torchvision
 
-from conftest import parse, run_script
+from conftest import run_script, settings
 from lib.errors import UserError
 from lib.experiment import Experiment
-from lib.models import build_model, freeze, frozen_state_keys, read_checkpoint, set_train_mode, taps, trainable_fraction
+from lib.models import build_model, freeze, read_checkpoint, taps
 from lib.runs import load_json, load_weights
 
 
 def test_resnet50_trainable_fractions_match_the_thesis():
     fractions = {}
     for stage in ("stage4", "stage5", "head"):
-        model = build_model("resnet50", 100)
-        freeze(model, stage)
-        fractions[stage] = trainable_fraction(model)
+        fractions[stage] = freeze(build_model("resnet50", 100), stage).trainable_fraction
     assert fractions["stage4"] == pytest.approx(0.94, abs=0.005)
     assert fractions["stage5"] == pytest.approx(0.64, abs=0.005)
     assert fractions["head"] < 0.01
@@ -24,10 +22,10 @@ def test_resnet50_trainable_fractions_match_the_thesis():
 def test_frozen_means_no_grad_no_graph_and_fixed_batchnorm():
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)
-    params = freeze(model, "stage4")
+    params = freeze(model, "stage4").params
     assert {id(p) for p in params} == {id(p) for n, p in model.named_parameters()
                                        if n.startswith(("layer3.", "layer4.", "fc."))}
-    set_train_mode(model)
+    model.train()
     assert not model.bn1.training and not model.layer2[0].bn1.training and model.layer3[0].bn1.training
     before = model.layer1[0].bn1.running_mean.clone()
     with taps(model, ["stage3", "stage4"]) as feats:
@@ -38,12 +36,32 @@ def test_frozen_means_no_grad_no_graph_and_fixed_batchnorm():
     assert model.conv1.weight.grad is None and model.layer3[0].conv1.weight.grad is not None
     # frozen_bn="train": the reference behaviour, running statistics keep moving (and are not checked)
     other = torchvision.models.resnet18(num_classes=10)
-    freeze(other, "stage4", frozen_bn="train")
-    set_train_mode(other)
+    keys = freeze(other, "stage4", bn="train").frozen
+    other.train()
     assert other.layer1[0].bn1.training
-    keys = frozen_state_keys(other, "stage4", "train")
     assert "layer1.0.conv1.weight" in keys and "layer1.0.bn1.running_mean" not in keys
-    assert "layer1.0.bn1.running_mean" in frozen_state_keys(other, "stage4", "eval")
+    assert "layer1.0.bn1.running_mean" in freeze(torchvision.models.resnet18(num_classes=10), "stage4").frozen
+
+
+def test_a_freeze_survives_a_plain_training_loop():
+    """freeze(model, "stage5") then anyone's loop with model.train() / model.eval(): the frozen stages' weights AND
+    BatchNorm statistics stay bit-identical (a BatchNorm left in train mode would move its running statistics)."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    frz = freeze(model, "stage5")
+    opt = torch.optim.SGD(frz.params, lr=0.1, momentum=0.9)
+    for step in range(3):
+        model.train()  # the user's loop: plain train(), no knowledge of the freeze
+        loss = torch.nn.functional.cross_entropy(model(torch.randn(4, 3, 32, 32)), torch.randint(0, 10, (4,)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.eval()
+    state = model.state_dict()
+    moved = [k for k, v in frz.frozen.items() if not torch.equal(state[k], v)]
+    assert moved == [] and len(frz.frozen) == 90  # weights and BN buffers of the stem and layer1..layer3
+    assert not torch.equal(state["layer4.0.bn1.running_mean"], torch.zeros(128))  # the trained stage's BN moved
+    frz.verify(model)  # and the loop's own check agrees
 
 
 def test_bad_freeze_names():
@@ -75,7 +93,7 @@ def test_frozen_starsse_keeps_model_1s_frozen_tensors(tmp_path, tiny):
 
 
 def test_a_moving_frozen_tensor_fails_loudly(tmp_path, tiny):
-    exp = Experiment(parse(tiny + ["--output_dir", tmp_path / "x"]), "StarSSE")
+    exp = Experiment(settings(tiny + ["--output_dir", tmp_path / "x"], "StarSSE"))
     w1 = exp.finetune(1)
 
     def vandal(step):  # a bug that writes into a frozen weight
@@ -103,6 +121,4 @@ def test_peft_freeze_from_the_start(tmp_path, tiny, cache_dir):
 
 
 def test_cycle_lr_mult(tiny):
-    args = parse(tiny + ["--lr", "0.05", "--cycle_lr_mult", "4"])
-    from lib.cli import finalize
-    assert finalize(args, "x").cycle_lr == pytest.approx(0.2)
+    assert settings(tiny + ["--lr", "0.05", "--cycle_lr_mult", "4"]).cycle_lr == pytest.approx(0.2)

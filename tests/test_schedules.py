@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lib.errors import UserError
-from lib.schedules import cosine, member_schedule, run_schedule
+from lib.schedules import cosine, member_schedule
 
 
 def test_epoch_granularity_matches_reference_values():
@@ -27,7 +27,7 @@ def test_iteration_granularity():
 
 def test_cycles_restart_at_cycle_lr_without_warmup():
     args = SimpleNamespace(lr=0.05, epochs=25, cycle_lr=0.1, cycle_epochs=12, members=5, lr_granularity="epoch")
-    lrs = run_schedule(args, iters_per_epoch=1)
+    lrs = np.concatenate([member_schedule(args, i, iters_per_epoch=1) for i in range(1, 6)])  # the whole run
     assert len(lrs) == 25 + 4 * 12
     # the reference schedule for the thesis optimum: epoch 26 -> 0.1, 27 -> 0.0983, 37 -> 0.0017, 38 -> 0.1
     assert lrs[25] == 0.1 and lrs[26] == pytest.approx(0.0983, abs=1e-4) and lrs[36] == pytest.approx(0.0017, abs=1e-4)

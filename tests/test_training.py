@@ -1,24 +1,20 @@
 """The training loop and the algorithms on the embedded default (tiny sizes, CPU, fp32)."""
 import os
 import shutil
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from conftest import parse, run_script
+from conftest import run_script, settings
 from lib.experiment import Experiment
 from lib.runs import load_json, load_weights
-from lib.train import fit, make_accelerator
+from lib.train import LoopSettings, fit, make_accelerator
 
 
-def _args(**kw):
-    base = dict(batch_size=8, num_workers=0, momentum=0.9, weight_decay=0.01, quiet=True, with_tracking=False,
-                cpu=True, mixed_precision="no", output_dir="unused")
-    return SimpleNamespace(**{**base, **kw})
+def _loop(**kw):
+    return LoopSettings(**{**dict(batch_size=8, momentum=0.9, weight_decay=0.01, quiet=True), **kw})
 
 
 def test_fit_is_sgd_with_momentum_and_each_call_starts_with_zero_momentum(tmp_path):
@@ -26,8 +22,8 @@ def test_fit_is_sgd_with_momentum_and_each_call_starts_with_zero_momentum(tmp_pa
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     model = torch.nn.Linear(4, 3)
     w0 = {k: v.clone() for k, v in model.state_dict().items()}
-    args = _args()
-    acc = make_accelerator(args)
+    loop = _loop()
+    acc = make_accelerator(cpu=True)
 
     def grads(state):  # full-batch gradient of CE + nothing else (weight decay is added by SGD)
         m = torch.nn.Linear(4, 3)
@@ -35,7 +31,7 @@ def test_fit_is_sgd_with_momentum_and_each_call_starts_with_zero_momentum(tmp_pa
         F.cross_entropy(m(x), y).backward()
         return {"weight": m.weight.grad, "bias": m.bias.grad}
 
-    model, _, iters = fit(acc, model, TensorDataset(x, y), args, np.array([0.1, 0.05]), 2, seed=1,
+    model, _, iters = fit(acc, model, TensorDataset(x, y), loop, np.array([0.1, 0.05]), 2, seed=1,
                           resume_path=str(tmp_path / "a.pt"))
     assert iters == 1
     # by hand: buf1 = g0 + wd w0; w1 = w0 - 0.1 buf1; buf2 = 0.9 buf1 + g1 + wd w1; w2 = w1 - 0.05 buf2
@@ -49,7 +45,7 @@ def test_fit_is_sgd_with_momentum_and_each_call_starts_with_zero_momentum(tmp_pa
         assert torch.allclose(model.state_dict()[k], w2[k], atol=1e-6)
     # a new cycle: momentum is reset, so its first step is a plain gradient step
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    model, _, _ = fit(acc, model, TensorDataset(x, y), args, np.array([0.2]), 1, seed=2,
+    model, _, _ = fit(acc, model, TensorDataset(x, y), loop, np.array([0.2]), 1, seed=2,
                       resume_path=str(tmp_path / "b.pt"))
     g = grads(start)
     for k in g:
@@ -57,11 +53,10 @@ def test_fit_is_sgd_with_momentum_and_each_call_starts_with_zero_momentum(tmp_pa
 
 
 def _run(method, flags, cycle_from=None):
-    args = parse(flags)
-    exp = Experiment(args, method, max_checkpoints=2)
+    exp = Experiment(settings(flags, method))
     w1 = exp.finetune(1)
     w = w1
-    for i in range(2, args.members + 1):
+    for i in range(2, exp.cfg.members + 1):
         w = exp.cycle(i, init=w if method == "SSE" else w1)
     exp.finish()
     return exp
@@ -82,9 +77,9 @@ def test_sse_keeps_its_trajectory_while_starsse_restarts_from_model_1(tmp_path, 
     assert _equal(w[2], s[2])  # cycle 2 starts from model 1 in both, with the same (seed, member) randomness
     assert not _equal(w[3], s[3]) and not _equal(w[1], w[2])
     # member 3 is exactly a cycle from model 2 in SSE and a cycle from model 1 in StarSSE
-    exp = Experiment(parse(tiny + ["--output_dir", tmp_path / "check_sse"]), "check")
+    exp = Experiment(settings(tiny + ["--output_dir", tmp_path / "check_sse"], "check"))
     assert _equal(exp.cycle(3, init=w[2]), w[3])
-    exp = Experiment(parse(tiny + ["--output_dir", tmp_path / "check_star"]), "check")
+    exp = Experiment(settings(tiny + ["--output_dir", tmp_path / "check_star"], "check"))
     assert _equal(exp.cycle(3, init=w[1]), s[3])
     # records say what was trained
     rec = load_json(sse.run.record(3))
@@ -93,14 +88,14 @@ def test_sse_keeps_its_trajectory_while_starsse_restarts_from_model_1(tmp_path, 
 
 def test_local_de_member_1_is_phase_1_and_members_are_independent(tmp_path, tiny):
     flags = tiny + ["--members", "2", "--output_dir", tmp_path / "local"]
-    args = parse(flags)
-    exp = Experiment(args, "Local DE")
+    args = settings(flags, "Local DE")
+    exp = Experiment(args)
     m1, m2 = exp.finetune(1), exp.finetune(2)
     assert not _equal(m1, m2)
     sse = _run("SSE", tiny + ["--members", "2", "--output_dir", tmp_path / "sse"])
     assert _equal(load_weights(sse.run.weights(1)), m1)
     # a member does not depend on how many members ran before it in this process
-    fresh = Experiment(parse(tiny + ["--members", "2", "--output_dir", tmp_path / "only2"]), "Local DE")
+    fresh = Experiment(settings(tiny + ["--members", "2", "--output_dir", tmp_path / "only2"], "Local DE"))
     shutil.rmtree(os.path.join(args.cache_dir, "finetune"))  # force re-training member 2 alone
     assert _equal(fresh.finetune(2), m2)
 
@@ -116,7 +111,7 @@ def test_global_de_fine_tunes_each_checkpoint(tmp_path, tiny, cache_dir):
 
 def test_fine_tuning_really_learns(tmp_path, tiny):
     flags = tiny + ["--members", "1", "--epochs", "15", "--lr", "0.05", "--output_dir", tmp_path / "ft"]
-    exp = Experiment(parse(flags), "Fine-tune")
+    exp = Experiment(settings(flags, "Fine-tune"))
     exp.finetune(1)
     result = exp.finish()
     assert result["ensemble_accuracy"] > 60.0  # 10 classes: chance is 10 %
@@ -124,20 +119,42 @@ def test_fine_tuning_really_learns(tmp_path, tiny):
     assert probs.shape == (540, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
 
 
+def _kill_when_new_resume_point(cmd, folders, seen, timeout=300):
+    """Run cmd; SIGKILL it (as a user's kill -9 would) as soon as a resume point not in `seen` appears under
+    `folders`. Returns the exit status (0: it finished before a new resume point appeared)."""
+    import glob
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < timeout:
+        points = {(f, os.stat(f).st_mtime_ns) for d in folders for f in glob.glob(f"{d}/**/*.resume.pt", recursive=True)
+                  if os.path.exists(f)}
+        if points - seen:
+            seen |= points
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+    return proc.returncode
+
+
 def test_killed_run_resumes_to_the_same_result(tmp_path, fresh_cache):
+    import sys
+    from conftest import REPO
     flags = ["--cpu", "--quiet", "--epochs", "3", "--cycle_epochs", "2", "--members", "3"]
     ref = run_script("starsse.py", *flags, "--cache_dir", fresh_cache("c1"), "--output_dir", tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
-    out, cache, kills = tmp_path / "killed", fresh_cache("c2"), 0
-    for _ in range(12):
-        r = run_script("starsse.py", *flags, "--cache_dir", cache, "--output_dir", out,
-                       env={"ENS_TRANSFER_EXIT_AFTER_EPOCHS": "2"})
-        if r.returncode == 0:
+    out, cache, kills, seen = tmp_path / "killed", fresh_cache("c2"), 0, set()
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "starsse.py"), *flags, "--cache_dir", cache, "--output_dir", str(out)]
+    for _ in range(15):  # killed from outside at the first new resume point of every run: phase I, then each cycle
+        rc = _kill_when_new_resume_point(cmd, [cache, str(out)], seen)
+        if rc == 0:
             break
-        assert r.returncode == 3, r.stderr  # the abrupt exit of the test hook, after its 2nd epoch
+        assert rc == -9
         kills += 1
-    # 7 epochs (3 + 2 + 2), killed after every 2nd: in phase I and in the first epoch of cycles 2 and 3
-    assert r.returncode == 0 and kills == 3
+    assert rc == 0 and kills >= 3
     a, b = load_json(tmp_path / "ref" / "metrics.json"), load_json(out / "metrics.json")
     assert a["member_accuracy"] == b["member_accuracy"] and a["ensemble_accuracy"] == b["ensemble_accuracy"]
     for i in (1, 2, 3):
