@@ -14,7 +14,7 @@ import math
 import os
 import re
 
-from . import methods
+from . import data, methods, models
 from .errors import UserError, check
 from .pretrain import default_checkpoint
 
@@ -52,6 +52,11 @@ DATASET_DEFAULTS = {
         eval_batch_size=512,
     ),
 }
+# CIFAR-10 (the NeurIPS paper's other CIFAR task) and any other data (a Hugging Face data set, an image folder):
+# the paper's ResNet-50 setup, images decoded once to --image_size for the device pipeline
+DATASET_DEFAULTS["cifar10"] = dict(DATASET_DEFAULTS["cifar100"])
+DATASET_DEFAULTS["hf"] = dict(DATASET_DEFAULTS["cifar100"])
+DATASET_DEFAULTS["imagefolder"] = dict(DATASET_DEFAULTS["cifar100"])
 FREEZE_CHOICES = ["none", "stage2", "stage3", "stage4", "stage5", "head"]
 TRACKERS = ["tensorboard", "wandb", "all", "none"]
 
@@ -82,11 +87,33 @@ def base_parser(description):
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML file of flags (e.g. a run's config.yaml); flags on the command line override it")
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", choices=sorted(DATASET_DEFAULTS), default="digits",
-                   help="fine-tuning task (default: digits, the embedded default that ships with scikit-learn)")
-    d.add_argument("--data_dir", default=None, help="cifar100: folder holding cifar-100-python/")
-    d.add_argument("--download", action="store_true", help="cifar100: download into --data_dir if missing")
-    d.add_argument("--augment", default=None, help="digits: digits; cifar100: reference (default) or cifar")
+    d.add_argument("--dataset", choices=["digits", "cifar10", "cifar100", "hf", "imagefolder"], default="digits",
+                   help="fine-tuning task: digits (the embedded default that ships with scikit-learn), cifar10 / "
+                        "cifar100 (the python pickles in --data_dir), hf (a Hugging Face data set: --dataset_name or "
+                        "--data_files), imagefolder (--train_dir, --test_dir: one sub-folder per class)")
+    d.add_argument("--data_dir", default=None,
+                   help="cifar10 / cifar100: folder holding cifar-10-batches-py/ or cifar-100-python/")
+    d.add_argument("--download", action="store_true", help="cifar10 / cifar100: download into --data_dir if missing")
+    d.add_argument("--dataset_name", default=None,
+                   help="hf: a hub id (from the local HF cache when offline) or a folder written by save_to_disk")
+    d.add_argument("--data_files", nargs="+", default=None, help="hf: Parquet or Arrow files instead of --dataset_name")
+    d.add_argument("--image_column", default=None, help="hf: image column (default: image or img)")
+    d.add_argument("--label_column", default=None, help="hf: label column (default: label or fine_label)")
+    d.add_argument("--train_split", default="train", help="hf: the split to train on")
+    d.add_argument("--test_split", default="test", help="hf: the split to test on")
+    d.add_argument("--train_dir", default=None, help="imagefolder: training images, one sub-folder per class")
+    d.add_argument("--test_dir", default=None, help="imagefolder: test images, the same class folders")
+    d.add_argument("--val_split", type=float, default=None,
+                   help="hold out this stratified fraction of the training set (0 < F < 0.5) as a validation split, "
+                        "the same for every method, seed and member; default: none")
+    d.add_argument("--val_split_name", default=None, help="hf: use this existing split as the validation split")
+    d.add_argument("--augment", default=None,
+                   help="digits: digits; others: reference (default: RandomResizedCrop + flip, ImageNet statistics), "
+                        "cifar (32 px crops with padding), model (the model's pretrained data config, timm)")
+    d.add_argument("--auto_augment", default=None,
+                   help="torchvision pipeline: timm RandAugment policy added to training, e.g. rand-m9-mstd0.5-inc1")
+    d.add_argument("--reprob", type=float, default=0.0,
+                   help="torchvision pipeline: RandomErasing probability of training images (Swin setup: 0.25)")
     d.add_argument("--image_size", type=int, default=None, help="training crop size for --augment reference (224)")
     d.add_argument("--labels_per_class", type=int, default=None, help="digits: labelled images per class (4)")
     d.add_argument("--num_workers", type=int, default=None, help="DataLoader workers per process")
@@ -94,11 +121,23 @@ def base_parser(description):
                    help="device: uint8 images in memory, augmented in batches on the training device (cifar100 "
                         "default); torchvision: per-sample transforms in DataLoader workers (digits default)")
     m = p.add_argument_group("model")
-    m.add_argument("--arch", default=None, help="resnet50 | resnet18 | resnet_mini (dataset default)")
+    m.add_argument("--arch", default=None,
+                   help="a torchvision classification model (resnet50, convnext_tiny, ...), timm/<name> for any timm "
+                        "model (timm/swin_tiny_patch4_window7_224), or resnet_mini (dataset default)")
     m.add_argument("--pretrained", nargs="+", default=None,
-                   help="pre-trained checkpoint(s) (.pt/.pth/.safetensors); 'scratch' for random initialisation; "
-                        "digits default: the embedded BYOL checkpoint of seed 0, created once if missing")
-    o = p.add_argument_group("optimisation (SGD with momentum; cosine schedules)")
+                   help="pre-trained checkpoint(s) (.pt/.pth/.safetensors/.bin files), 'timm' (the model's own timm "
+                        "weights), 'torchvision:<WEIGHTS>' (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2), "
+                        "'scratch' for random initialisation; digits default: the embedded BYOL checkpoint of seed 0")
+    m.add_argument("--drop_path", type=float, default=0.0, help="stochastic depth rate of timm models (Swin: 0.1)")
+    m.add_argument("--list_stages", action="store_true",
+                   help="print the stages of --arch (modules, output shape at --image_size, parameter share) and exit")
+    m.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; the compile time is counted)")
+    m.add_argument("--compile_mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile mode")
+    o = p.add_argument_group("optimisation (SGD with momentum or AdamW; cosine schedules)")
+    o.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
+                   help="sgd: momentum, weight decay on every parameter (the ResNet setup); adamw: no weight decay on "
+                        "norms and biases (the Swin setup)")
     o.add_argument("--epochs", type=int, default=None, help="phase I epochs (fine-tuning model 1 / a DE member)")
     o.add_argument("--lr", type=float, default=None, help="phase I peak learning rate")
     o.add_argument("--weight_decay", type=float, default=None)
@@ -107,6 +146,13 @@ def base_parser(description):
     o.add_argument("--eval_batch_size", type=int, default=None)
     o.add_argument("--lr_granularity", choices=["epoch", "iteration"], default="epoch",
                    help="cosine stepped once per epoch (reference code) or every iteration")
+    o.add_argument("--warmup_epochs", type=float, default=0.0,
+                   help="phase I: linear warm-up from --warmup_lr over this many epochs (Swin setup: 10 %% of phase I)")
+    o.add_argument("--warmup_lr", type=float, default=0.0, help="learning rate at the start of the warm-up")
+    o.add_argument("--clip_grad", type=float, default=None, help="clip the gradient norm to this value (Swin: 5)")
+    o.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy (Swin: 0.1)")
+    o.add_argument("--mixup", type=float, default=0.0, help="Mixup alpha, through timm's Mixup (Swin: 0.8)")
+    o.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha, through timm's Mixup (Swin: 1.0)")
     e = p.add_argument_group("ensemble")
     e.add_argument("--members", type=int, default=None, help="ensemble size M")
     e.add_argument("--cycle_lr", type=float, default=None, help="learning rate at the start of cycles 2..M")
@@ -114,6 +160,12 @@ def base_parser(description):
     e.add_argument("--cycle_lr_mult", type=float, default=None,
                    help="set --cycle_lr to this multiple of --lr (the thesis' PEFT grid x1..x6)")
     e.add_argument("--seed", type=int, default=0, help="member i's randomness is seeded from (seed, i)")
+    v = p.add_argument_group("evaluation beyond the test set (also: scripts/evaluate.py RUN_DIR)")
+    v.add_argument("--ood_dataset", action="append", default=None, metavar="SPEC",
+                   help="out-of-distribution set (repeatable): imagefolder:DIR, hf:NAME_OR_PATH, cifar10:DIR, "
+                        "cifar100:DIR, svhn:DIR, or a synthetic one (noise, permuted, flipped)")
+    v.add_argument("--shift_dataset", action="append", default=None, metavar="SPEC",
+                   help="shifted test set with labels (repeatable): the forms of --ood_dataset and cifar-c:DIR")
     r = p.add_argument_group("run")
     r.add_argument("--output_dir", default=None, help="run directory (default runs/<method>/<dataset>-seed<seed>)")
     r.add_argument("--cache_dir", default="runs/cache",
@@ -224,6 +276,8 @@ def parse(parser, method, argv=None, defaults=None, checkpoints=1):
         if getattr(args, key, None) is None:
             setattr(args, key, min(value, os.cpu_count() or 1) if key == "num_workers" else value)
     _validate(args)
+    data.check_settings(args)  # the data flags of --dataset (lib/data.py)
+    models.check_settings(args)  # --arch, --pretrained, stage names (lib/models.py)
     if args.cycle_lr_mult is not None:
         args.cycle_lr = args.cycle_lr_mult * args.lr
     if args.mixed_precision is None:  # as accelerate resolves it: the launch config's (passed on in the environment)
@@ -251,9 +305,6 @@ def _validate(args):
         check(math.isfinite(value) and value >= 0, f"--{key} must be a non-negative number, got {value}")
     check(args.lr > 0, f"--lr must be positive, got {args.lr}")
     check(args.num_workers >= 0, f"--num_workers must be >= 0, got {args.num_workers}")
-    if args.dataset == "cifar100" and not args.download:
-        check(args.data_dir is not None, "--data_dir is required for --dataset cifar100 (the folder holding cifar-100-python/)")
-        check(os.path.isdir(args.data_dir), f"data directory not found: {args.data_dir}")
     if args.cycle_lr_mult is not None:
         check(math.isfinite(args.cycle_lr_mult) and args.cycle_lr_mult > 0,
               f"--cycle_lr_mult must be positive, got {args.cycle_lr_mult}")

@@ -168,6 +168,14 @@ def load_cifar100_task(data_dir, augment, image_size, download=False, pipeline="
     return TaskData(train, test, 100, np.asarray(test.targets, dtype=np.int64))
 
 
+def check_settings(args):
+    """Check the data flags of --dataset before anything is built or written (UserError on bad input)."""
+    check(args.dataset in AUGMENTS, f"--dataset {args.dataset} is not available yet")
+    if args.dataset == "cifar100" and not args.download:
+        check(args.data_dir is not None, "--data_dir is required for --dataset cifar100 (the folder holding cifar-100-python/)")
+        check(os.path.isdir(args.data_dir), f"data directory not found: {args.data_dir}")
+
+
 def load_task(args):
     """The fine-tuning task named by --dataset, with its augmentation."""
     check(args.augment in AUGMENTS[args.dataset],

@@ -81,6 +81,11 @@ def build_model(arch, num_classes):
     return model
 
 
+def check_settings(args):
+    """Check --arch, --pretrained and the stage names of the chosen arch before anything is built or written."""
+    check(args.arch in ARCHS, f"unknown arch '{args.arch}' (choose from {', '.join(ARCHS)})")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # checkpoints
 
