@@ -134,6 +134,8 @@ def base_parser(description):
     m.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; the compile time is counted)")
     m.add_argument("--compile_mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                    help="torch.compile mode")
+    m.add_argument("--compile_backend", default="inductor", choices=["inductor", "aot_eager", "eager"],
+                   help="torch.compile backend: inductor generates kernels; aot_eager / eager only trace (debugging)")
     o = p.add_argument_group("optimisation (SGD with momentum or AdamW; cosine schedules)")
     o.add_argument("--optimizer", choices=["sgd", "adamw"], default="sgd",
                    help="sgd: momentum, weight decay on every parameter (the ResNet setup); adamw: no weight decay on "
@@ -150,7 +152,8 @@ def base_parser(description):
                    help="phase I: linear warm-up from --warmup_lr over this many epochs (Swin setup: 10 %% of phase I)")
     o.add_argument("--warmup_lr", type=float, default=0.0, help="learning rate at the start of the warm-up")
     o.add_argument("--clip_grad", type=float, default=None, help="clip the gradient norm to this value (Swin: 5)")
-    o.add_argument("--label_smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy (Swin: 0.1)")
+    o.add_argument("--label_smoothing", type=float, default=0.0,
+                   help="label smoothing of the cross-entropy (Swin: 0.1)")
     o.add_argument("--mixup", type=float, default=0.0, help="Mixup alpha, through timm's Mixup (Swin: 0.8)")
     o.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha, through timm's Mixup (Swin: 1.0)")
     e = p.add_argument_group("ensemble")
@@ -191,8 +194,8 @@ def base_parser(description):
 
 def add_freeze_args(parser, help_freeze, default="none"):
     g = parser.add_argument_group("frozen stages (thesis section 5)")
-    g.add_argument("--freeze", choices=FREEZE_CHOICES, default=default, metavar="STAGE",
-                   help=f"{help_freeze} ({', '.join(FREEZE_CHOICES)})")
+    g.add_argument("--freeze", default=default, metavar="STAGE",  # checked against --arch's stages (lib/models.py)
+                   help=f"{help_freeze} (ResNets: {', '.join(FREEZE_CHOICES)}; other archs: --list_stages)")
     g.add_argument("--frozen_bn", choices=["eval", "train"], default="eval",
                    help="BatchNorm of frozen stages: eval keeps running statistics fixed; train updates them "
                         "(the reference code)")
@@ -275,6 +278,9 @@ def parse(parser, method, argv=None, defaults=None, checkpoints=1):
     for key, value in DATASET_DEFAULTS[args.dataset].items():
         if getattr(args, key, None) is None:
             setattr(args, key, min(value, os.cpu_count() or 1) if key == "num_workers" else value)
+    if args.list_stages:  # print --arch's stages at --image_size and stop, before anything is checked or written
+        print(models.describe_stages(args.arch, args.image_size, {"cifar100": 100}.get(args.dataset, 10)))
+        raise SystemExit(0)
     _validate(args)
     data.check_settings(args)  # the data flags of --dataset (lib/data.py)
     models.check_settings(args)  # --arch, --pretrained, stage names (lib/models.py)
@@ -304,10 +310,27 @@ def _validate(args):
         value = getattr(args, key)
         check(math.isfinite(value) and value >= 0, f"--{key} must be a non-negative number, got {value}")
     check(args.lr > 0, f"--lr must be positive, got {args.lr}")
+    for key in ("lr", "cycle_lr"):  # the largest SGD step, lr / (1 - momentum), must be a number
+        value = getattr(args, key)
+        check(args.momentum < 1 and math.isfinite(value / (1 - args.momentum)),
+              f"--{key} {value} with --momentum {args.momentum} gives steps that overflow")
+    check(args.seed >= 0, f"--seed must be >= 0, got {args.seed}")
     check(args.num_workers >= 0, f"--num_workers must be >= 0, got {args.num_workers}")
+    for key in ("output_dir", "cache_dir"):
+        if getattr(args, key) is not None:
+            _check_folder_path(getattr(args, key), f"--{key}")
     if args.cycle_lr_mult is not None:
         check(math.isfinite(args.cycle_lr_mult) and args.cycle_lr_mult > 0,
               f"--cycle_lr_mult must be positive, got {args.cycle_lr_mult}")
     if args.with_tracking and args.report_to == "wandb":
         import importlib.util
-        check(importlib.util.find_spec("wandb") is not None, "--report_to wandb needs the wandb package (pip install wandb)")
+        check(importlib.util.find_spec("wandb") is not None,
+              "--report_to wandb needs the wandb package (pip install wandb)")
+
+
+def _check_folder_path(path, flag):
+    """`path` is a folder or can become one: neither it nor any folder above it is a file."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    check(os.path.isdir(probe), f"{flag} {path}: {probe} is a file, not a folder")

@@ -22,24 +22,37 @@ import time
 import numpy as np
 import torch
 
-from . import methods, metrics
+from . import methods, metrics, preemption
 from .data import load_task, test_loader
-from .models import build_model, file_digest, freeze as freeze_stages, load_pretrained, match_state_dict, read_checkpoint
+from .errors import Preempted, check
+from .evaluation import evaluate_run, merge_metrics, summary_lines
+from .locks import FileLock, lock_run_dir, wait_for
+from .models import build_model, check_pretrained, freeze as freeze_stages, load_pretrained, pretrained_id
 from .pretrain import default_checkpoint, pretrain_digits
-from .runs import RunDir, link_or_copy, load_json, load_weights, run_summary, save_array, save_json, save_weights
-from .schedules import member_schedule
+from .runs import RunDir, copy_file, run_summary, save_array
+from .schedules import cycle_schedule, member_schedule, phase1_schedule
 from .seeding import seed_for
 from .train import LoopSettings, fit, make_accelerator, predict
 
 HEAD_STREAM = 7  # seed stream of a fresh head: (seed, member, HEAD_STREAM)
-# settings of phase I: a fine-tune is cached under a key made of these (and the checkpoint's content, the member)
-PHASE1_KEYS = ("dataset", "labels_per_class", "augment", "image_size", "arch", "seed", "epochs", "lr", "weight_decay",
-               "momentum", "batch_size", "lr_granularity", "mixed_precision")
+# Everything that changes a fine-tuned member (or its cached test and validation predictions) is in its cache key:
+# these settings, the checkpoint's content, the member index, and how many processes train it together.
+PHASE1_KEYS = ("dataset", "dataset_name", "data_files", "image_column", "label_column", "train_split", "test_split",
+               "train_dir", "test_dir", "val_split", "val_split_name", "labels_per_class", "augment", "auto_augment",
+               "reprob", "image_size", "arch", "drop_path", "compile", "compile_mode", "seed", "epochs", "lr",
+               "weight_decay", "momentum", "batch_size", "lr_granularity", "warmup_epochs", "warmup_lr", "clip_grad",
+               "label_smoothing", "mixup", "cutmix", "optimizer", "mixed_precision", "channels_last", "data_pipeline",
+               "num_workers", "sync_bn", "compile_backend")
+# ... and these do not: where things are, how they are shown, evaluation beyond the test set, and the cycles
+NOT_PHASE1_KEYS = ("config", "data_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "quiet",
+                   "with_tracking", "report_to", "cpu", "member_parallel", "list_stages", "ood_dataset",
+                   "shift_dataset", "pretrained", "members", "cycle_lr", "cycle_epochs", "cycle_lr_mult", "method")
 
 
 class Experiment:
     def __init__(self, cfg):
         self.cfg, self.method = cfg, cfg.method
+        preemption.install()  # from now on a stop signal (Slurm's SIGTERM / USR1) ends in a resume point
         self.accelerator = acc = make_accelerator(
             cfg.cpu, cfg.mixed_precision, cfg.output_dir,
             log_with=cfg.report_to if cfg.with_tracking and cfg.report_to != "none" else None)
@@ -48,10 +61,19 @@ class Experiment:
         # who writes a member's files: the process that trained it alone (member-parallel), else the main process
         self.writer = self.parallel or acc.is_main_process
         self.loop = LoopSettings.from_settings(cfg)
+        check(self.parallel or cfg.batch_size % acc.num_processes == 0,
+              f"--batch_size {cfg.batch_size} must be divisible by the number of processes ({acc.num_processes}): "
+              f"it is the global batch, split evenly over them")
         self.frozen_bn = getattr(cfg, "frozen_bn", "eval")  # scripts without --freeze never freeze anything
         self.checkpoints = self._check_pretrained()
         self.data = load_task(cfg)
+        self.lock = None
+        if acc.is_main_process:  # everything is checked: from here on this run owns its directory
+            RunDir.check(cfg.output_dir, cfg.as_dict())  # a different run there is refused untouched
+            self.lock = lock_run_dir(cfg.output_dir)
         self.run = RunDir(cfg.output_dir, cfg.as_dict(), is_main=acc.is_main_process)
+        if acc.is_main_process:
+            self.run.clean()
         self.sync(shared=True)
         if cfg.with_tracking:
             acc.init_trackers(methods.directory(self.method),
@@ -59,9 +81,13 @@ class Experiment:
                                       for k, v in cfg.as_dict().items()})
         if acc.is_main_process:
             save_array(self.run.file("labels.npy"), self.data.test_labels)
+            if self.data.val is not None:
+                save_array(self.run.file("val_labels.npy"), self.data.val_labels)
         per_process = math.ceil(len(self.data.train) / acc.num_processes)
         self.iters = math.ceil(per_process / (cfg.batch_size // acc.num_processes))  # training iterations per epoch
         self.test_loader = test_loader(self.data.test, cfg.eval_batch_size, min(cfg.num_workers, 4))
+        self.val_loader = None if self.data.val is None else \
+            test_loader(self.data.val, cfg.eval_batch_size, min(cfg.num_workers, 4))
         self.weights = {}  # member -> state dict
 
     # ------------------------------------------------------------------------------------------------------------
@@ -96,25 +122,29 @@ class Experiment:
                 acc.print(f"creating the embedded pre-trained checkpoint {embedded} (once)")
                 pretrain_digits(embedded, seed=0)
             self.sync(shared=True)
-        model = build_model(cfg.arch, 10)
-        for p in cfg.pretrained:  # fail now, before anything is written, if a checkpoint is missing or does not fit
-            if p != "scratch":
-                match_state_dict(read_checkpoint(p), model, source=f"checkpoint {p}")
+        for p in cfg.pretrained:  # fail now, before anything is written, if weights are missing or do not fit
+            state = check_pretrained(p, cfg.arch, cfg.image_size)
+            bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+            check(not bad, f"checkpoint {p}: {bad[:1][0] if bad else ''} holds NaN or inf values "
+                           f"({len(bad)} tensor(s)); it cannot be fine-tuned")
         return list(cfg.pretrained)
 
     def _init_model(self, checkpoint, member):
         """`arch` with the checkpoint's backbone and a fresh head seeded from (seed, member)."""
         torch.manual_seed(seed_for(self.cfg.seed, member, HEAD_STREAM))
-        return load_pretrained(checkpoint, self.cfg.arch, self.data.num_classes)
+        cfg = self.cfg
+        return load_pretrained(checkpoint, cfg.arch, self.data.num_classes, cfg.image_size, cfg.drop_path)
 
     # ------------------------------------------------------------------------------------------------------------
     # members
 
-    def finetune(self, member, checkpoint=None, freeze="none"):
+    def finetune(self, member, checkpoint=None, freeze="none", first_cycle=False):
         """Member `member` fine-tuned from a pre-trained checkpoint with the phase-I schedule (phase I, a Local DE
         member, a Global DE member). Cached in cache_dir by (checkpoint, seed, member, phase-I hyper-parameters),
-        so SSE, StarSSE, Local DE and every variant train it once. `freeze`: train only the stages from it on
-        (lib.models.freeze), from the start."""
+        so SSE, StarSSE, Local DE and every variant train it once; the cache entry is locked while it is trained
+        (lib.locks), so two runs that need it at the same time train it once. `freeze`: train only the stages from it
+        on (lib.models.freeze), from the start. first_cycle: fine-tune with the cycles' schedule (cycle_lr over
+        cycle_epochs) instead of phase I's, as Standard SSE's first cycle."""
         cfg = self.cfg
         checkpoint = checkpoint or self.checkpoints[0]
         if self.run.done(member):
@@ -124,25 +154,40 @@ class Experiment:
                 self.sync(shared=True)
                 return self._load_member(member)
             return None
-        key = {"checkpoint": "scratch" if checkpoint == "scratch" else file_digest(checkpoint), "member": member,
-               **{k: getattr(cfg, k) for k in PHASE1_KEYS},
-               **({"freeze": freeze, "frozen_bn": self.frozen_bn} if freeze != "none" else {}),
-               **({"data_pipeline": "device"} if cfg.data_pipeline == "device" else {})}
-        writer = self.writer
-        cache = RunDir(os.path.join(cfg.cache_dir, "finetune",
-                                    hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]),
-                       key, is_main=writer)
-        self.sync()
-        if not cache.done(1):
-            model = self._init_model(checkpoint, member)
-            self._train(cache, 1, model, member_schedule(cfg, 1, self.iters), cfg.epochs, seed_for(cfg.seed, member),
-                        init=f"pretrained:{checkpoint}", step_offset=self._step_offset(member, finetune=True),
-                        desc=f"member {member} (fine-tune)", freeze=freeze)
-        if writer:
-            for src, dst in [(cache.weights(1), self.run.weights(member)), (cache.probs(1), self.run.probs(member))]:
-                link_or_copy(src, dst)
-            save_json(self.run.record(member), dict(load_json(cache.record(1)), member=member, cached=cache.path))
+        lr, epochs = (cfg.cycle_lr, cfg.cycle_epochs) if first_cycle else (cfg.lr, cfg.epochs)
+        key = {"checkpoint": "scratch" if checkpoint == "scratch" else pretrained_id(checkpoint, cfg.arch),
+               "member": member,
+               **{k: getattr(cfg, k) for k in PHASE1_KEYS}, "lr": lr, "epochs": epochs,
+               "processes": 1 if self.parallel else self.accelerator.num_processes,
+               **({"train_data": self.data.train_key} if self.data.train_key else {}),  # the data's own fingerprint
+               **({"freeze": freeze, "frozen_bn": self.frozen_bn} if freeze != "none" else {})}
+        entry = os.path.join(cfg.cache_dir, "finetune",
+                             hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20])
+        lock = None
+        if self.writer:  # one process (of all runs and hosts sharing the cache) trains the entry at a time
+            lock = wait_for(FileLock(entry + ".lock"), f"phase I of member {member} ({entry})", self.accelerator.print)
+        try:
+            cache = RunDir(entry, key, is_main=self.writer)
+            if self.writer:
+                cache.clean()
+            self.sync()
+            if not cache.done(1):
+                model = self._init_model(checkpoint, member)
+                lrs = cycle_schedule(cfg, self.iters) if first_cycle else phase1_schedule(cfg, self.iters)
+                self._train(cache, 1, model, lrs, epochs,
+                            seed_for(cfg.seed, member), init=f"pretrained:{checkpoint}",
+                            step_offset=self._step_offset(member, finetune=True), desc=f"member {member} (fine-tune)",
+                            freeze=freeze)
+            if self.writer:  # a verified copy (never a link: damage to a run must not spread to the cache)
+                record = cache.verify_member(1)
+                for kind, src in cache.member_files(1).items():
+                    copy_file(src, getattr(self.run, kind)(member))
+                self.run.write_member_record(member, dict(record, member=member, cached=cache.path))
+        finally:
+            if lock is not None:
+                lock.release()
         self.sync(shared=member == 1)
+        self._check_stop(member)
         return self._load_member(member)
 
     def cycle(self, member, init, loss_terms=None, taps=(), freeze="none"):
@@ -157,11 +202,23 @@ class Experiment:
         self._train(self.run, member, self.model(init), member_schedule(cfg, member, self.iters), cfg.cycle_epochs,
                     seed_for(cfg.seed, member), init="given weights", loss_terms=loss_terms, taps=taps,
                     step_offset=self._step_offset(member), desc=f"member {member} (cycle)", freeze=freeze)
+        self._check_stop(member)
         return self._load_member(member)
+
+    def pretrained_model(self, member=1):
+        """The pre-trained checkpoint with member `member`'s fresh head (e.g. the similarity regularisers'
+        --reference pretrained)."""
+        return self._init_model(self.checkpoints[0], member)
+
+    def _check_stop(self, member):
+        """A stop signal that arrived while the member was finished or evaluated: stop before the next member."""
+        if preemption.requested():
+            raise Preempted(f"stopped after member {member} ({preemption.requested()}); re-run the same command to "
+                            f"continue with the next member")
 
     def model(self, weights):
         """A model of this experiment's arch holding `weights` (on the CPU)."""
-        model = build_model(self.cfg.arch, self.data.num_classes)
+        model = build_model(self.cfg.arch, self.data.num_classes, self.cfg.image_size, self.cfg.drop_path)
         model.load_state_dict(weights)
         return model
 
@@ -172,18 +229,28 @@ class Experiment:
         frozen = freeze_stages(model, freeze, self.frozen_bn)
         model, history, _ = fit(acc, model, self.data.train, self.loop, lrs, epochs, seed, run.resume(slot),
                                 freeze=frozen, loss_terms=loss_terms, taps=taps, member=slot,
-                                step_offset=step_offset, desc=desc, local=self.parallel)
-        probs = predict(acc, model, self.test_loader, local=self.parallel)
+                                step_offset=step_offset, desc=desc, local=self.parallel,
+                                num_classes=self.data.num_classes)
+        t_eval = time.time()
+        probs, logits = predict(acc, model, self.test_loader, local=self.parallel, logits=True)
+        arrays = {"probs": probs, "logits": logits}
+        if self.val_loader is not None:
+            arrays["val_probs"], arrays["val_logits"] = predict(acc, model, self.val_loader, local=self.parallel,
+                                                                logits=True)
         if self.writer:
-            save_weights(run.weights(slot), model.state_dict())
-            save_array(run.probs(slot), probs)
-            epoch_seconds = [h["seconds"] for h in history]
-            save_json(run.record(slot), {
-                "init": init, "epochs": epochs, "lr_start": float(lrs[0]), "freeze": freeze, "frozen_bn": self.frozen_bn,
-                "seconds": time.time() - t0, "seconds_per_epoch": float(np.mean(epoch_seconds)) if history else None,
+            epoch_seconds = [h["seconds"] for h in history]  # every epoch, across resumed segments
+            run.write_member(slot, arrays, model.state_dict(), {
+                "init": init, "epochs": epochs, "lr_start": float(lrs[0]), "freeze": freeze,
+                "frozen_bn": self.frozen_bn,
+                "seconds": float(sum(epoch_seconds)) + time.time() - t_eval,  # training (all segments) + evaluation
+                "seconds_this_segment": time.time() - t0,
+                "seconds_per_epoch": float(np.mean(epoch_seconds)) if history else None,
                 "trainable_params": frozen.trainable, "total_params": frozen.total,
                 "trainable_fraction": frozen.trainable_fraction, "process": acc.process_index,
-                "test_accuracy": metrics.accuracy(probs, self.data.test_labels), "history": history})
+                "test_accuracy": metrics.accuracy(probs, self.data.test_labels),
+                **({"val_accuracy": metrics.accuracy(arrays["val_probs"], self.data.val_labels)}
+                   if "val_probs" in arrays else {}),
+                "history": history})
             if os.path.exists(run.resume(slot)):
                 os.remove(run.resume(slot))
         self.sync()
@@ -197,7 +264,7 @@ class Experiment:
 
     def _load_member(self, member):
         if member not in self.weights:
-            self.weights[member] = load_weights(self.run.weights(member))
+            self.weights[member] = self.run.load_member_weights(member)  # checked against its record's digests
             self._report_member(member)
         return self.weights[member]
 
@@ -229,12 +296,20 @@ class Experiment:
         n = self.run.completed_members()
         assert n >= 1, f"no finished member in {self.run.path}"
         result = run_summary(self.run, self.run.load_probs(n), self.data.test_labels, self.run.config)
-        if acc.is_main_process:
-            save_json(self.run.file("metrics.json"), result)
+        asked = bool(cfg.ood_dataset or cfg.shift_dataset)
+        # selective prediction and calibration (cheap, from the saved arrays); OOD and shift sets when asked
+        result.update(evaluate_run(self.run, cfg, acc, ood=cfg.ood_dataset or (), shift=cfg.shift_dataset or (),
+                                   members=n, task=self.data, log=acc.print if asked else (lambda _m: None)))
+        if acc.is_main_process:  # keeps keys written by later evaluations (scripts/soup.py, evaluate.py)
+            merge_metrics(self.run, result, drop=("partial", "planned_members"))  # a finished run now
         if cfg.with_tracking:
             acc.log({f"test/ensemble_acc_size_{k + 1}": v for k, v in enumerate(result["ensemble_accuracy_by_size"])})
         acc.print(format_result(result))
+        if asked:
+            acc.print("\n".join(summary_lines(result)))
         self.sync(shared=True)
+        if self.lock is not None:
+            self.lock.release()
         acc.end_training()  # closes the trackers and the process group
         return result
 
@@ -242,6 +317,7 @@ class Experiment:
 def format_result(r):
     members = " ".join(f"{a:.2f}" for a in r["member_accuracy"])
     by_size = " ".join(f"{a:.2f}" for a in r["ensemble_accuracy_by_size"])
+    diversity = "-" if r["diversity"] is None or np.isnan(r["diversity"]) else f"{r['diversity']:.2f}"
     return (f"[{r['method']}] {r['members']} members | member acc {members} (avg {r['avg_member_accuracy']:.2f}) | "
-            f"diversity {r['diversity']:.2f} | ensemble acc by size {by_size} | "
+            f"diversity {diversity} | ensemble acc by size {by_size} | "
             f"NLL {r['nll']:.4f} ECE {r['ece']:.4f} Brier {r['brier']:.4f}")

@@ -5,24 +5,33 @@ with model 1 a frozen copy in eval mode, run without gradients on the same augme
 """
 import copy
 import math
+import re
 
 import torch
 import torch.nn.functional as F
 
 from .errors import check
-from .models import STAGES, taps
-from .rtd import NORMALIZATIONS, VARIANTS, distance_matrix, rtd_loss
+from .models import STAGE_NAME, arch_stages, feature_layer, taps
+from .rtd import NORMALIZATIONS, VARIANTS, distance_matrix, rtd_loss, rtd_loss_async
 from .seeding import seed_for
 
-SIMILARITY_LAYERS = ["stage2", "stage3", "stage4", "stage5", "avgpool"]
+SIMILARITY_LAYERS = ["stage2", "stage3", "stage4", "stage5", "avgpool"]  # ResNets'; any model: arch_stages(arch)
 
 
-def parse_layers(specs):
-    """['stage5:0.5', 'avgpool'] -> {'stage5': 0.5, 'avgpool': 1.0}; unknown names and bad weights are errors."""
+def parse_layers(specs, arch=None):
+    """['stage5:0.5', 'avgpool'] -> {'stage5': 0.5, 'avgpool': 1.0}; unknown names and bad weights are errors.
+    Names: `arch`'s stage2..stageK and pool (alias avgpool; lib.models.arch_stages(arch).feature_layers); without
+    an arch, any such name (the model checks it: lib.models.check_settings, taps)."""
     layers = {}
+    smap = arch_stages(arch) if arch is not None else None
     for spec in specs:
         name, _, weight = spec.partition(":")
-        check(name in SIMILARITY_LAYERS, f"unknown layer '{name}' (choose from {', '.join(SIMILARITY_LAYERS)})")
+        if smap is not None:
+            feature_layer(smap, name)
+        else:
+            check(re.fullmatch(r"stage([2-9]|[1-9][0-9]+)|pool|avgpool", name),
+                  f"unknown layer '{name}' (choose from the model's stage2..stageK and pool, e.g. "
+                  f"{', '.join(SIMILARITY_LAYERS)}; --list_stages shows them)")
         try:
             w = float(weight) if weight else 1.0
         except ValueError:
@@ -31,6 +40,14 @@ def parse_layers(specs):
         layers[name] = w
     check(layers, "--layers needs at least one layer")
     return layers
+
+
+class Deferred:
+    """A loss term whose value arrives later (RTD's barcodes computed in worker processes): lib.train.fit runs the
+    backward of the other terms first, then calls result() and adds this term's backward."""
+
+    def __init__(self, result):
+        self.result = result
 
 
 def frozen_copy(model, device):
@@ -53,25 +70,35 @@ class FeatureSimilarity:
         check(rtd_card is None or rtd_card > 0, f"--rtd_card must be positive, got {rtd_card}")
         self.reference, self.similarity, self.alpha, self.layers = reference, similarity, alpha, dict(layers)
         self.card, self.variant, self.normalize = rtd_card, rtd_variant, rtd_normalize
-        assert set(self.layers) <= set(STAGES)
+        self.overlap = False  # set_reference(..., overlap=True): a Deferred RTD term
+        assert all(STAGE_NAME.fullmatch(n) for n in self.layers), self.layers  # each model checks its own (taps)
 
-    def set_reference(self, model, device):
-        """Hold a frozen copy of `model` (model 1) on `device`."""
-        self.reference = frozen_copy(model, device)
+    def set_reference(self, model, device, overlap=False):
+        """Hold a frozen copy of `model` (model 1) on `device`. overlap: compute RTD's barcodes in the background
+        while the training loop runs the cross-entropy's backward (a Deferred term; lib.train.fit)."""
+        self.reference, self.overlap = frozen_copy(model, device), overlap
         return self
 
     def divergence(self, cur, ref):
-        cur, ref = cur.float().flatten(1), ref.float().flatten(1)
         if self.similarity == "mse":
-            return F.mse_loss(cur, ref)
-        return rtd_loss(distance_matrix(ref, self.normalize), distance_matrix(cur, self.normalize),
-                        card=self.card, variant=self.variant)
+            return F.mse_loss(cur.float().flatten(1), ref.float().flatten(1))
+        return rtd_loss(*self._distances(cur, ref), card=self.card, variant=self.variant)
 
     def __call__(self, step):
         with torch.no_grad(), taps(self.reference, list(self.layers)) as ref_feats:
             self.reference(step.x)
+        if self.similarity == "rtd" and self.overlap:  # barcodes in the background
+            parts = [(w, rtd_loss_async(*self._distances(step.features[name], ref_feats[name]), card=self.card,
+                                        variant=self.variant, slots=(2 * k, 2 * k + 1)))
+                     for k, (name, w) in enumerate(self.layers.items())]
+            return Deferred(lambda: self.alpha * sum(w * loss() for w, loss in parts))
         total = sum(w * self.divergence(step.features[name], ref_feats[name]) for name, w in self.layers.items())
         return self.alpha * total
+
+    def _distances(self, cur, ref):
+        """(reference, current) distance matrices of two feature batches, as RTD reads them."""
+        cur, ref = cur.float().flatten(1), ref.float().flatten(1)
+        return distance_matrix(ref, self.normalize), distance_matrix(cur, self.normalize)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -144,6 +171,8 @@ class WeightOrthogonality:
         self.members = {}   # member index -> {name: parameter tensor}
 
     def add(self, member, model, device, dtype=torch.float32):
+        if self.space == "delta":  # w_j - w_1 of nearby weights: in fp16 the difference would lose most of its bits
+            dtype = torch.promote_types(dtype, torch.float32)
         params = {n: p.detach().to(device, dtype).clone() for n, p in model.named_parameters()}
         if member == 1:
             self.origin = params if self.space == "delta" else None

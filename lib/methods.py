@@ -13,6 +13,7 @@ METHODS = [
     ("Fine-tune", "fine-tune", True),
     ("Local DE", "local_de", True),
     ("Global DE", "global_de", True),
+    ("Standard SSE", "standard_sse", False),
     ("SSE", "sse", False),
     ("StarSSE", "starsse", True),
     ("SSE-RTD", "sse-rtd", False),

@@ -33,33 +33,35 @@ def h1_bars(matrix, n_threads=1):
 
 
 def serve_stdio():
-    """Worker loop over stdin/stdout: read (path, size, shape) of a float32 matrix in a shared memory-mapped file,
-    write back pickled h1_bars of it; EOF stops. The file is unlinked once mapped: the mapping outlives the name,
+    """Worker loop over stdin/stdout: read (path, size, shape, threads) of a float32 matrix in a shared memory-mapped
+    file, write back pickled h1_bars of it; EOF stops. The file is unlinked once mapped: the mapping outlives the name,
     so nothing is left behind whichever process stops first."""
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     maps = {}
     while True:
         try:
-            path, size, shape = pickle.load(inp)
+            path, size, shape, n_threads = pickle.load(inp)
         except EOFError:
             break
         if path not in maps:
             maps = {path: np.memmap(path, np.float32, "r", shape=(size,))}  # a larger file replaces the last
             os.unlink(path)
         n = shape[0] * shape[1]
-        pickle.dump(h1_bars(np.asarray(maps[path][:n]).reshape(shape)), out, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(h1_bars(np.asarray(maps[path][:n]).reshape(shape), n_threads), out,
+                    protocol=pickle.HIGHEST_PROTOCOL)
         out.flush()
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # the worker, seen from the caller
 
-_worker = None  # the running worker process, started on first use
+_workers = {}  # slot -> running worker process, each started on first use
 _SHM = "/dev/shm"  # memory-backed on Linux
 
 
 class _Worker:
-    """A child process that computes one barcode while this process computes the other.
+    """A child process that computes a barcode while this process does something else (another barcode, or the
+    GPU's work). One job at a time: its shared buffer holds the matrix until the result is read.
 
     A plain child over pipes, not multiprocessing: an executor hands work over in a feeder thread, which needs the
     GIL that giotto-ph holds here, and spawn would re-import the user's main script in the child. The matrix
@@ -77,14 +79,15 @@ class _Worker:
     def alive(self):
         return self.proc.poll() is None
 
-    def send(self, matrix):
+    def send(self, matrix, n_threads=1):
         if self.buffer.size < matrix.size:  # a new, larger file; the child maps it and unlinks it
             fd, self.path = tempfile.mkstemp(prefix="ens-transfer-rtd-", dir=_shared_dir(matrix.size * 4))
             os.ftruncate(fd, matrix.size * 4)
             os.close(fd)
             self.buffer = np.memmap(self.path, np.float32, "r+", shape=(matrix.size,))
         self.buffer[: matrix.size] = matrix.ravel()
-        pickle.dump((self.path, self.buffer.size, matrix.shape), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump((self.path, self.buffer.size, matrix.shape, n_threads), self.proc.stdin,
+                    protocol=pickle.HIGHEST_PROTOCOL)
         self.proc.stdin.flush()
 
     def recv(self):
@@ -118,19 +121,23 @@ class _Done:
 
 
 class _Pending:
+    def __init__(self, worker):
+        self.worker = worker
+
     def result(self):
-        return _worker.recv()
+        return self.worker.recv()
 
 
-def submit(matrix, concurrent):
-    """Start h1_bars(matrix) in the worker process (returns a handle with .result()), or compute it here."""
-    global _worker
+def submit(matrix, concurrent, slot=0, n_threads=1):
+    """Start h1_bars(matrix, n_threads) in worker process `slot` (returns a handle with .result(); read it before
+    submitting to the same slot again), or compute it here when not `concurrent`."""
     if concurrent and len(matrix) >= 64:  # small matrices: the hand-off costs more than it saves
         try:
-            if _worker is None or not _worker.alive():
-                _worker = _Worker()
-            _worker.send(matrix)
-            return _Pending()
+            worker = _workers.get(slot)
+            if worker is None or not worker.alive():
+                worker = _workers[slot] = _Worker()
+            worker.send(matrix, n_threads)
+            return _Pending(worker)
         except (OSError, EOFError, pickle.PickleError):  # the worker died: carry on without it
-            _worker = None
-    return _Done(h1_bars(matrix))
+            _workers.pop(slot, None)
+    return _Done(h1_bars(matrix, n_threads))

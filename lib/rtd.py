@@ -102,6 +102,22 @@ def _direction_loss(dx, death_matrix, edges, bars, card):
     return (death - birth).abs().sum()
 
 
+def _check_matrices(dist_ref, dist_cur, card, variant):
+    check(variant in VARIANTS, f"variant must be one of {VARIANTS}, got {variant!r}")
+    check(card is None or card > 0, f"card must be positive or None, got {card}")
+    check(dist_ref.shape == dist_cur.shape and dist_ref.dim() == 2 and dist_ref.shape[0] == dist_ref.shape[1],
+          f"distance matrices must be square and of the same size, got {tuple(dist_ref.shape)} and "
+          f"{tuple(dist_cur.shape)}")
+    check(bool(torch.isfinite(dist_ref).all() and torch.isfinite(dist_cur).all()),
+          "distance matrices contain NaN or inf")
+
+
+def barcode_threads():
+    """giotto-ph threads for each of the two directions computed at the same time: half this process's torch
+    threads (all cores of a GPU host; 1 each on a 2-core CPU, as before)."""
+    return max(1, torch.get_num_threads() // 2)
+
+
 def rtd_loss(dist_ref, dist_cur, card=50, variant="exact", concurrent=True):
     """Differentiable symmetrised RTD loss from two (already normalised) N x N distance matrices.
 
@@ -109,18 +125,32 @@ def rtd_loss(dist_ref, dist_cur, card=50, variant="exact", concurrent=True):
     equals `rtd`). variant "rtd-ae": the published RTD-AE loss used by the thesis, in which death edges falling in
     the lower-right block read dist_cur (the second argument) instead of the minimum, in both directions.
     """
-    check(variant in VARIANTS, f"variant must be one of {VARIANTS}, got {variant!r}")
-    check(card is None or card > 0, f"card must be positive or None, got {card}")
-    check(dist_ref.shape == dist_cur.shape and dist_ref.dim() == 2 and dist_ref.shape[0] == dist_ref.shape[1],
-          f"distance matrices must be square and of the same size, got {tuple(dist_ref.shape)} and {tuple(dist_cur.shape)}")
-    check(bool(torch.isfinite(dist_ref).all() and torch.isfinite(dist_cur).all()), "distance matrices contain NaN or inf")
+    _check_matrices(dist_ref, dist_cur, card, variant)
     dist_ref = dist_ref.to(dist_cur.dtype)
     # the persistence inputs are built in numpy: a torch op here would leave OpenMP threads spinning on the core
     # the worker needs
     ref, cur = _for_persistence(dist_ref), _for_persistence(dist_cur)
-    pending = submit(_cross_numpy(cur, ref), concurrent)  # cur -> ref in the worker ...
-    e1, b1 = h1_bars(_cross_numpy(ref, cur))  # ... while ref -> cur is computed here
-    e2, b2 = pending.result()
+    threads = barcode_threads()
+    pending = submit(_cross_numpy(cur, ref), concurrent, n_threads=threads)  # cur -> ref in the worker ...
+    e1, b1 = h1_bars(_cross_numpy(ref, cur), threads)  # ... while ref -> cur is computed here
+    return _loss_from_bars(dist_ref, dist_cur, (e1, b1), pending.result(), card, variant)
+
+
+def rtd_loss_async(dist_ref, dist_cur, card=50, variant="exact", slots=(0, 1)):
+    """rtd_loss whose two barcodes are computed in worker processes `slots` while the caller goes on (e.g. the GPU
+    runs the cross-entropy's backward): returns a function that waits for them and builds the same loss."""
+    _check_matrices(dist_ref, dist_cur, card, variant)
+    dist_ref = dist_ref.to(dist_cur.dtype)
+    ref, cur = _for_persistence(dist_ref), _for_persistence(dist_cur)
+    threads = barcode_threads()
+    first = submit(_cross_numpy(ref, cur), True, slot=slots[0], n_threads=threads)
+    second = submit(_cross_numpy(cur, ref), True, slot=slots[1], n_threads=threads)
+    return lambda: _loss_from_bars(dist_ref, dist_cur, first.result(), second.result(), card, variant)
+
+
+def _loss_from_bars(dist_ref, dist_cur, ref_to_cur, cur_to_ref, card, variant):
+    """The loss read from the differentiable matrices at the birth and death edges of both directions' bars."""
+    (e1, b1), (e2, b2) = ref_to_cur, cur_to_ref
     dx_1, dx_2 = _cross_matrix(dist_ref, dist_cur), _cross_matrix(dist_cur, dist_ref)
     if variant == "rtd-ae":
         zero = torch.zeros_like(dist_ref)

@@ -12,8 +12,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.errors import cli_main, interrupt_quietly  # noqa: E402
+interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
 from lib.cli import add_freeze_args, base_parser, parse  # noqa: E402
-from lib.errors import cli_main  # noqa: E402
 from lib.experiment import Experiment  # noqa: E402
 
 

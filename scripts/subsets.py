@@ -16,8 +16,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.errors import check, cli_main, interrupt_quietly  # noqa: E402
+interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
 from lib.cli import runs_parser  # noqa: E402
-from lib.errors import check, cli_main  # noqa: E402
 from lib.runs import atomic_write  # noqa: E402
 from lib.subsets import analyze, benchmark  # noqa: E402
 

@@ -70,3 +70,23 @@ def parse(flags, script=None):
 def _script_help(script):
     return subprocess.run([PY, os.path.join(REPO, "scripts", script), "--help"], capture_output=True, text=True,
                           timeout=120).stdout
+
+
+@pytest.fixture
+def script_here(capsys, monkeypatch):
+    """Run scripts/<name> in this process, as `python scripts/<name> args` would (the same main(), its exit status and
+    output), without the seconds a fresh interpreter spends importing torch; returns a subprocess.CompletedProcess."""
+    import runpy
+
+    def call(name, *args):
+        path = os.path.join(REPO, "scripts", name)
+        monkeypatch.setattr(sys, "argv", [path, *map(str, args)])
+        capsys.readouterr()
+        code = 0
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit as e:
+            code = e.code or 0
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess([path, *args], code, out, err)
+    return call

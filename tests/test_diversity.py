@@ -95,6 +95,17 @@ def test_wo_gradient_exists_and_matches_finite_differences(space):
     assert torch.allclose(grads, torch.tensor(fd, dtype=torch.float64), atol=1e-7)
 
 
+def test_wo_keeps_members_in_the_compute_dtype_but_delta_in_float32():
+    model = torch.nn.Linear(3, 2)
+    for space, kept in (("raw", torch.float16), ("delta", torch.float32)):
+        term = WeightOrthogonality(1.0, space)
+        term.add(1, model, "cpu", torch.float16)
+        term.add(2, model, "cpu", torch.float16)
+        assert {p.dtype for p in term.members[2].values()} == {kept}
+        if space == "delta":  # differences of nearby weights lose most of their bits in fp16
+            assert {p.dtype for p in term.origin.values()} == {torch.float32}
+
+
 def test_compute_dtype():
     cpu = SimpleNamespace(device=torch.device("cpu"), mixed_precision="fp16")
     gpu = SimpleNamespace(device=torch.device("cuda"), mixed_precision="fp16")

@@ -26,7 +26,8 @@ def test_iteration_granularity():
 
 
 def test_cycles_restart_at_cycle_lr_without_warmup():
-    args = SimpleNamespace(lr=0.05, epochs=25, cycle_lr=0.1, cycle_epochs=12, members=5, lr_granularity="epoch")
+    args = SimpleNamespace(lr=0.05, epochs=25, cycle_lr=0.1, cycle_epochs=12, members=5, lr_granularity="epoch",
+                           warmup_epochs=0.0, warmup_lr=0.0)
     lrs = np.concatenate([member_schedule(args, i, iters_per_epoch=1) for i in range(1, 6)])  # the whole run
     assert len(lrs) == 25 + 4 * 12
     # the reference schedule for the thesis optimum: epoch 26 -> 0.1, 27 -> 0.0983, 37 -> 0.0017, 38 -> 0.1
@@ -40,3 +41,17 @@ def test_bad_schedule_values():
         cosine(0.1, 0, 3)
     with pytest.raises(UserError):
         cosine(0.1, 3, 3, granularity="batch")
+
+
+def test_linear_warmup_then_cosine_over_the_rest():
+    """The Swin setup: warm-up over 10 % of phase I from 5e-7 (reference code's linear_warmup_cosine)."""
+    lrs = cosine(1e-4, 10, iters_per_epoch=4, granularity="iteration", warmup_epochs=1.0, warmup_lr=5e-7)
+    assert len(lrs) == 40
+    for t in range(4):  # linear from warmup_lr towards lr
+        assert lrs[t] == pytest.approx(5e-7 + (1e-4 - 5e-7) * t / 4)
+    assert lrs[4] == pytest.approx(1e-4)  # the cosine starts at the full rate after the warm-up ...
+    assert lrs[22] == pytest.approx(1e-4 * 0.5 * (1 + math.cos(math.pi * 18 / 36)))  # ... and spans the other 36
+    stepped = cosine(1e-4, 10, 4, granularity="epoch", warmup_epochs=1.0, warmup_lr=5e-7)
+    assert np.array_equal(stepped[:4], lrs[:4]) and stepped[5] == stepped[7] == stepped[4]
+    with pytest.raises(UserError, match="--warmup_epochs"):
+        cosine(0.1, 2, 3, warmup_epochs=2)

@@ -108,3 +108,13 @@ def test_report_to(tmp_path, tiny):
     assert not (tmp_path / "none" / "tensorboard").exists()
     r = run_script("sse.py", *tiny, "--with_tracking", "--report_to", "wandb", "--output_dir", tmp_path / "w")
     assert r.returncode == 2 and "needs the wandb package" in r.stderr and not (tmp_path / "w").exists()
+
+
+def test_every_flag_is_in_the_phase1_cache_key_or_declared_outside_it():
+    """A new flag must be classified: either it changes a fine-tuned member (then it is part of the phase-I cache key,
+    so a run with another value never reuses the cached member) or it does not."""
+    from lib.cli import base_parser
+    from lib.experiment import NOT_PHASE1_KEYS, PHASE1_KEYS
+    flags = set(vars(base_parser("t").parse_args([])))
+    assert not set(PHASE1_KEYS) & set(NOT_PHASE1_KEYS)
+    assert flags - set(PHASE1_KEYS) - set(NOT_PHASE1_KEYS) == set()

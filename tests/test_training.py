@@ -178,3 +178,56 @@ def test_tensorboard_logs_every_term(tmp_path, tiny, fresh_cache):
             "test/ensemble_acc", "test/diversity", "test/ensemble_acc_size_2"} <= tags
     # 40 images / batch 16 = 3 iterations per epoch: phase I steps 0-5 at 0.01, 0.005; the cycle restarts at 0.02
     assert [round(v, 6) for _, v in sorted(lrs)] == [0.01] * 3 + [0.005] * 3 + [0.02] * 3
+
+
+def test_standard_sse_first_cycle_follows_the_cycle_schedule(tmp_path, tiny):
+    """Standard SSE (thesis figure 2.2): member 1 is a cycle like every other (cycle_lr over cycle_epochs) from the
+    pre-trained checkpoint, not phase I; the later cycles continue its trajectory as SSE's do."""
+    r = run_script("sse.py", *tiny, "--standard", "--with_tracking", "--members", "2", "--output_dir", tmp_path / "std")
+    assert r.returncode == 0, r.stderr
+    rec = [load_json(tmp_path / "std" / f"member_{i}.json") for i in (1, 2)]
+    assert rec[0]["epochs"] == rec[1]["epochs"] == 1 and rec[0]["lr_start"] == rec[1]["lr_start"] == pytest.approx(0.02)
+    assert load_json(tmp_path / "std" / "metrics.json")["method"] == "Standard SSE"
+    lrs = [v for _, v in sorted(_tb_lrs(tmp_path / "std"))]
+    assert lrs == [pytest.approx(0.02)] * 6  # 2 cycles of 1 epoch x 3 iterations, each starting at cycle_lr
+    sse = run_script("sse.py", *tiny, "--members", "2", "--output_dir", tmp_path / "sse")
+    assert sse.returncode == 0, sse.stderr
+    assert load_json(tmp_path / "sse" / "member_1.json")["lr_start"] == pytest.approx(0.01)  # phase I's lr
+
+
+def _tb_lrs(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    import glob
+    for f in glob.glob(os.path.join(folder, "tensorboard", "**", "events*"), recursive=True):
+        ea = EventAccumulator(f)
+        ea.Reload()
+        if "train/lr" in ea.Tags()["scalars"]:
+            return [(e.step, e.value) for e in ea.Scalars("train/lr")]
+    return []
+
+
+def test_compile_switch_trains_the_same_function(tmp_path):
+    """--compile (torch.compile of the model; here its tracing-only backend, which needs no compiler) trains exactly
+    what eager mode trains; the inductor backend and its speed are GPU figures (benchmarks/step_speed.py)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3, 16, 16), torch.randint(0, 10, (32,))
+    from lib.models import build_model
+    start = build_model("resnet_mini", 10).state_dict()
+    out = {}
+    for compiled in (False, True):
+        model = build_model("resnet_mini", 10)
+        model.load_state_dict(start)
+        loop = LoopSettings(batch_size=16, quiet=True, compile=compiled, compile_backend="eager")
+        trained, history, _ = fit(make_accelerator(cpu=True), model, TensorDataset(x, y), loop, np.full(4, 0.05), 2,
+                                  seed=0, resume_path=str(tmp_path / f"{compiled}.pt"))
+        out[compiled] = (history, trained.state_dict())
+    assert [h["loss"] for h in out[True][0]] == pytest.approx([h["loss"] for h in out[False][0]], abs=1e-6)
+    assert all(torch.allclose(out[True][1][k].float(), out[False][1][k].float(), atol=1e-6) for k in start)
+    assert set(out[True][1]) == set(start)  # plain keys: the compiled wrapper is not what is saved
+
+
+def test_bf16_switch_trains(tmp_path, tiny):
+    r = run_script("starsse.py", *tiny, "--members", "2", "--mixed_precision", "bf16", "--output_dir", tmp_path / "b")
+    assert r.returncode == 0, r.stderr
+    m = load_json(tmp_path / "b" / "metrics.json")
+    assert m["member_accuracy"][1] > 10 and load_json(tmp_path / "b" / "config.json")["mixed_precision"] == "bf16"
