@@ -1,102 +1,121 @@
-"""Models: torchvision ResNets and a CPU-sized ResNet with the same stage structure, checkpoint loading, stage taps.
+"""Models: any backbone (lib/backbones.py: resnet_mini, torchvision, timm/<name>), its pre-trained weights, stage taps,
+frozen stages and SyncBatchNorm.
 
-Stage names (thesis figure 4.1) are used everywhere in the repo:
-    stage1 = stem (conv1, bn1, relu, maxpool), stage2..stage5 = layer1..layer4, then avgpool, fc.
+--pretrained takes:
+    scratch                      random initialisation
+    a file or a folder           .pt/.pth/.tar/.bin/.ckpt/.safetensors in every usual layout (plain keys, state_dict,
+                                 model_state, Swin's {"model": ...}, SSL exports with backbone./encoder./module.
+                                 prefixes), or a save_pretrained folder holding model.safetensors / pytorch_model.bin;
+                                 for timm archs, layouts timm converts (the original Swin, ViT, ConvNeXt releases) go
+                                 through the model's own checkpoint filter
+    timm                         a timm model's own pretrained weights, from the local Hugging Face cache (downloaded
+                                 when online; HF_HUB_OFFLINE=1 never downloads)
+    torchvision:<WEIGHTS>        torchvision weights (e.g. torchvision:ResNet50_Weights.IMAGENET1K_V2, or
+                                 torchvision:DEFAULT for the arch's default), from TORCH_HOME's hub cache
+The head always starts fresh for the task's classes: a checkpoint's classifier is never loaded.
+
+Stage names (thesis figure 4.1; lib/backbones.py for every model): ResNets stage1 = stem (conv1, bn1, relu,
+maxpool), stage2..stage5 = layer1..layer4, then avgpool, fc; other models stage1..stageK, pool, head.
 """
 import contextlib
-import hashlib
 import os
 import pickle
+import sys
+import types
 from collections import OrderedDict
 from dataclasses import dataclass
+from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
-import torchvision
-from torchvision.models.resnet import BasicBlock
 
+from .backbones import (RESNET_MAP, RESNET_STAGE_MODULES, RESNET_STAGES, STAGE_NAME, MiniResNet,  # noqa: F401
+                        arch_family, arch_stages, build_model, check_stage, data_config, describe_stages,
+                        library_model, meta_model, stage_map, timm_module, timm_name, torchvision_weights, unwrap)
 from .errors import UserError, check
+from .runs import file_sha256
 
-STAGES = ["stage1", "stage2", "stage3", "stage4", "stage5", "avgpool", "fc"]
-# the module whose output is each stage's output
-_STAGE_OUTPUT_MODULE = {"stage1": "maxpool", "stage2": "layer1", "stage3": "layer2", "stage4": "layer3",
-                        "stage5": "layer4", "avgpool": "avgpool", "fc": "fc"}
-# the modules that make up each stage (its parameters and buffers)
-STAGE_MODULES = {"stage1": ["conv1", "bn1", "relu", "maxpool"], "stage2": ["layer1"], "stage3": ["layer2"],
-                 "stage4": ["layer3"], "stage5": ["layer4"], "avgpool": ["avgpool"], "fc": ["fc"]}
+# ResNet-50's names (the thesis'); every other model's come from stage_map(model) / arch_stages(arch)
+STAGES = RESNET_STAGES
+STAGE_MODULES = RESNET_STAGE_MODULES
+FREEZE_CHOICES = RESNET_MAP.freeze_choices
 
 
-class MiniResNet(nn.Module):
-    """A CPU-sized ResNet with torchvision's attribute names, so state dicts have the same key layout.
-
-    3x3 stride-1 stem without max-pooling (small images), one BasicBlock per stage, widths 16-32-64-128
-    (0.18 M parameters): a digits epoch takes a fraction of a second on 2 CPU cores.
-    """
-
-    def __init__(self, num_classes=1000, widths=(16, 32, 64, 128), blocks=(1, 1, 1, 1)):
-        super().__init__()
-        self.inplanes = widths[0]
-        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.Identity()  # kept so that stage1 has the same four parts as ResNet-50's stem
-        self.layer1 = self._make_layer(widths[0], blocks[0], stride=1)
-        self.layer2 = self._make_layer(widths[1], blocks[1], stride=2)
-        self.layer3 = self._make_layer(widths[2], blocks[2], stride=2)
-        self.layer4 = self._make_layer(widths[3], blocks[3], stride=2)
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(widths[3], num_classes)
-        for m in self.modules():  # torchvision's initialisation
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def _make_layer(self, planes, n, stride):
-        downsample = None
-        if stride != 1 or self.inplanes != planes:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
-        layers = [BasicBlock(self.inplanes, planes, stride, downsample)]
-        self.inplanes = planes
-        layers += [BasicBlock(planes, planes) for _ in range(1, n)]
-        return nn.Sequential(*layers)
-
-    def forward(self, x):
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-ARCHS = {
-    "resnet50": lambda: torchvision.models.resnet50(weights=None),  # the paper's backbone
-    "resnet18": lambda: torchvision.models.resnet18(weights=None),
-    "resnet_mini": lambda: MiniResNet(),  # the embedded default (digits, CPU)
-}
-
-
-def build_model(arch, num_classes):
-    """A randomly initialised `arch` whose head `fc` is a fresh Linear layer with `num_classes` outputs."""
-    check(arch in ARCHS, f"unknown arch '{arch}' (choose from {', '.join(ARCHS)})")
-    check(isinstance(num_classes, int) and num_classes > 0, f"num_classes must be a positive integer, got {num_classes}")
-    model = ARCHS[arch]()
-    model.fc = nn.Linear(model.fc.in_features, num_classes)
-    return model
+def feature_layer(smap, name, flag="layer"):
+    """The part a --layers / --stages name means for this model (stage2..stageK, pool; aliases avgpool = pool)."""
+    part = smap.resolve(name)
+    check(part in smap.feature_layers, f"unknown {flag} '{name}' "
+                                       f"(choose from {', '.join(smap.feature_layers)} for {smap.label})")
+    return part
 
 
 def check_settings(args):
-    """Check --arch, --pretrained and the stage names of the chosen arch before anything is built or written."""
-    check(args.arch in ARCHS, f"unknown arch '{args.arch}' (choose from {', '.join(ARCHS)})")
+    """--arch, --image_size / --drop_path for it, --freeze and --layers against its stages, and the --pretrained
+    forms, before anything is built or written (a model on the meta device; nothing is downloaded)."""
+    smap = arch_stages(args.arch)
+    meta_model(args.arch, 10, getattr(args, "image_size", None), getattr(args, "drop_path", 0.0) or 0.0)
+    freeze = getattr(args, "freeze", None)
+    if freeze is not None:
+        check(freeze in smap.freeze_choices,
+              f"unknown --freeze '{freeze}' (choose from {', '.join(smap.freeze_choices)})")
+    for spec in getattr(args, "layers", None) or []:
+        feature_layer(smap, str(spec).partition(":")[0])
+    for spec in getattr(args, "pretrained", None) or []:
+        check_pretrained_form(spec, args.arch)
+    if getattr(args, "pretrained", None) is None and getattr(args, "dataset", None) == "digits":
+        check(args.arch == "resnet_mini", f"--arch {args.arch}: the embedded pre-trained checkpoint is a resnet_mini; "
+                                          f"pass --pretrained (scratch, timm, torchvision:<WEIGHTS> or a file)")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # checkpoints
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".safetensors", ".bin", ".ckpt")
+# a save_pretrained / Hugging Face folder: the weights file in it, by preference
+FOLDER_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "pytorch_model.pth")
 # containers that hold the weights in common exports: ours, torchvision/Lightning, Swin-style
 _CONTAINER_KEYS = ("model_state", "state_dict", "model", "online_network", "network", "net", "encoder", "backbone")
+# auxiliary classifiers of torchvision's Inception v3 / GoogLeNet weights: built only for ImageNet training
+_AUX_PREFIXES = ("AuxLogits.", "aux1.", "aux2.")
+
+
+def weights_file(path):
+    """The weights file of a --pretrained path: the file itself, or the weights file of a save_pretrained folder."""
+    if path is not None and os.path.isdir(path):
+        for name in FOLDER_FILES:
+            if os.path.isfile(os.path.join(path, name)):
+                return os.path.join(path, name)
+        raise UserError(f"checkpoint folder {path} holds no weights file ({', '.join(FOLDER_FILES)})")
+    return path
+
+
+class _Missing(dict):
+    """Stands in, when a trusted checkpoint is unpickled, for a class whose module is not installed (e.g. the yacs
+    CfgNode config that the original Swin checkpoints carry next to the weights)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def __setstate__(self, state):
+        pass
+
+
+class _LenientUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return type(name, (_Missing,), {"__module__": __name__})
+
+
+_LENIENT_PICKLE = types.ModuleType("lenient_pickle")
+_LENIENT_PICKLE.Unpickler, _LENIENT_PICKLE.load, _LENIENT_PICKLE.__name__ = _LenientUnpickler, pickle.load, "pickle"
 
 
 def read_checkpoint(path):
-    """Read a checkpoint file into a flat {key: tensor} dict (not yet matched to a model)."""
-    check(path is not None and os.path.isfile(path), f"checkpoint not found: {path}")
+    """Read a checkpoint file (or save_pretrained folder) into a flat {key: tensor} dict (not yet matched)."""
+    check(path is not None and os.path.exists(path), f"checkpoint not found: {path}")
+    path = weights_file(path)
     check(str(path).endswith(CHECKPOINT_SUFFIXES),
           f"checkpoint {path}: unknown file type (expected one of {', '.join(CHECKPOINT_SUFFIXES)})")
     try:
@@ -109,9 +128,10 @@ def read_checkpoint(path):
             except pickle.UnpicklingError as e:
                 if "Unsupported global" not in str(e):
                     raise
-                # exports that also pickle configs/args objects; only load files you trust
+                # exports that also pickle configs/args objects; only load files you trust. Classes of modules that
+                # are not installed (yacs in Swin checkpoints) are read as empty stand-ins: only tensors are used
                 print(f"warning: {path} holds non-tensor Python objects; loading it with full unpickling")
-                obj = torch.load(path, map_location="cpu", weights_only=False)
+                obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LENIENT_PICKLE)
     except UserError:
         raise
     except Exception as e:  # truncated, corrupted or not a checkpoint at all
@@ -153,76 +173,284 @@ def _best_prefix(ckpt_keys, model_keys):
     return max(counts, key=lambda p: (counts[p], -len(p)))
 
 
-def match_state_dict(state, model, source="checkpoint"):
-    """Map a checkpoint's keys onto `model`'s backbone: strip the export prefix and check every key strictly.
+def _timm_filter(model):
+    """A timm model's checkpoint filter (timm.models.<module>.checkpoint_filter_fn: converts the original releases'
+    layouts, e.g. Swin's, and resizes position embeddings / relative-position tables), or None."""
+    if not type(model).__module__.startswith("timm."):
+        return None
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    modules = []
+    if arch:
+        with contextlib.suppress(Exception):
+            modules.append(timm_module().models.model_entrypoint(arch).__module__)
+    modules.append(type(model).__module__)
+    for name in modules:
+        fn = getattr(sys.modules.get(name), "checkpoint_filter_fn", None)
+        if callable(fn):
+            return fn
+    return None
 
-    The head `fc` is never taken from a checkpoint (the task has its own classes); BatchNorm's
-    `num_batches_tracked` counters may be absent. Anything else missing or unexpected is an error that lists
-    the keys. Keys outside the chosen prefix (projectors, predictors, target networks of SSL exports) are ignored.
-    """
-    model_state = model.state_dict()
-    wanted = [k for k in model_state if not k.startswith("fc.")]
-    prefix = _best_prefix(state.keys(), wanted)
-    if prefix is None:
-        raise UserError(f"{source}: unknown key layout, no key matches the model "
-                        f"(first keys: {', '.join(list(state)[:5])})")
-    ours = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    ours = {k: v for k, v in ours.items() if not k.startswith("fc.")}
-    missing = [k for k in wanted if k not in ours and not k.endswith("num_batches_tracked")]
+
+def _apply_filter(fn, state, model):
+    try:
+        try:
+            return fn(OrderedDict(state), model)
+        except TypeError:  # filters of one argument
+            return fn(OrderedDict(state))
+    except Exception:  # a foreign layout the filter does not understand: the plain comparison reports it
+        return None
+
+
+def _compare(ours, model_state, head):
+    ours = OrderedDict((k, v) for k, v in ours.items() if not k.startswith(head) and not k.startswith(_AUX_PREFIXES))
+    missing = [k for k in model_state
+               if not k.startswith(head) and k not in ours and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in ours if k not in model_state]
-    if missing or unexpected:
-        raise UserError(f"{source}: key layout does not match the model (prefix '{prefix}'): "
-                        f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''} ({len(missing)} keys), "
-                        f"unexpected {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''} ({len(unexpected)} keys)")
     bad_shapes = [f"{k} {tuple(v.shape)} vs {tuple(model_state[k].shape)}" for k, v in ours.items()
-                  if v.shape != model_state[k].shape]
-    check(not bad_shapes, f"{source}: shapes do not match the model: {bad_shapes[:5]}")
-    return ours
+                  if k in model_state and v.shape != model_state[k].shape]
+    return ours, missing, unexpected, bad_shapes
 
 
-def load_pretrained(path, arch="resnet50", num_classes=1000):
-    """`arch` with the backbone weights of the checkpoint at `path` ("scratch": random) and a fresh head for
-    `num_classes` (initialised from torch's global random stream: seed it first)."""
-    model = build_model(arch, num_classes)
-    if path != "scratch":
-        state = match_state_dict(read_checkpoint(path), model, source=f"checkpoint {path}")
-        model.load_state_dict(state, strict=False)  # strictness was checked in match_state_dict
+def _listed(keys):
+    return f"{keys[:10]}{' ...' if len(keys) > 10 else ''} ({len(keys)} keys)"
+
+
+def match_state_dict(state, model, source="checkpoint"):
+    """Map a checkpoint's keys onto `model`'s backbone: strip the export prefix, convert a layout timm knows for this
+    model (its checkpoint filter) when the keys do not match as they are, and check every key strictly.
+
+    The head is never taken from a checkpoint (the task has its own classes); BatchNorm's `num_batches_tracked`
+    counters may be absent. Anything else missing or unexpected is an error that lists the keys (weights of another
+    architecture, or a layout this code does not know). Keys outside the chosen prefix (projectors, predictors,
+    target networks of SSL exports) are ignored. Returns {key: tensor} for model.load_state_dict(strict=False).
+    """
+    model = unwrap(model)
+    smap = stage_map(model)
+    head = smap.head_module + "."
+    model_state = model.state_dict()
+    wanted = [k for k in model_state if not k.startswith(head)]
+    attempts = []  # (number of problems, message, matched state)
+    prefix = _best_prefix(state.keys(), wanted)
+    stripped = state if prefix is None else OrderedDict((k[len(prefix):], v) for k, v in state.items()
+                                                        if k.startswith(prefix))
+    candidates = [] if prefix is None else [(stripped, f"prefix '{prefix}'")]
+    timm_filter = _timm_filter(model)
+    for ours, how in candidates + ([(None, "after timm's checkpoint filter")] if timm_filter else []):
+        if ours is None:
+            ours = _apply_filter(timm_filter, stripped, model)
+            if ours is None or _best_prefix(ours.keys(), wanted) is None:
+                continue
+        ours, missing, unexpected, bad_shapes = _compare(ours, model_state, head)
+        if not (missing or unexpected or bad_shapes):
+            return ours
+        problems = []
+        if missing or unexpected:
+            problems.append(f"key layout does not match the model ({how}): missing {_listed(missing)}, "
+                            f"unexpected {_listed(unexpected)}")
+        if bad_shapes:
+            problems.append(f"shapes do not match the model: {bad_shapes[:5]}")
+        attempts.append((len(missing) + len(unexpected) + len(bad_shapes), "; ".join(problems)))
+    if not attempts:
+        raise UserError(f"{source}: unknown key layout, no key matches {smap.label} (first keys: "
+                        f"{', '.join(list(state)[:5])}; weights of another architecture?)")
+    raise UserError(f"{source} for {smap.label}: {min(attempts)[1]}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# pre-trained weights: files, timm's, torchvision's
+
+def _offline():
+    """HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE=1): never download, neither from the hub nor from torchvision."""
+    from huggingface_hub import constants
+    env = (os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or "").upper()
+    return bool(constants.HF_HUB_OFFLINE) or env in ("1", "ON", "YES", "TRUE")
+
+
+def check_pretrained_form(spec, arch):
+    """The --pretrained form fits the arch, and its weights are where they should be when offline (no file is read,
+    nothing is downloaded)."""
+    check(isinstance(spec, str) and spec != "", "--pretrained is empty")
+    if spec == "scratch":
+        return
+    if spec == "timm":
+        check(arch_family(arch) == "timm", f"--pretrained timm loads a timm model's own weights: it needs --arch "
+                                           f"timm/<name> (got {arch}); pass other weights as a file")
+        cfg = timm_module().models.get_pretrained_cfg(timm_name(arch))
+        check(cfg is not None and (cfg.hf_hub_id or cfg.url or cfg.file),
+              f"--pretrained timm: timm has no pretrained weights for {arch} (timm.list_pretrained() lists those "
+              f"that have)")
+        timm_weights_file(arch, download=False)  # offline and not cached: the folder to fill
+    elif spec.startswith("torchvision:"):
+        weights = torchvision_weights(spec, arch)
+        _url_file(weights.url, f"--pretrained {spec}", download=False)  # offline and not cached: the folder to fill
+    else:
+        check(os.path.exists(spec), f"checkpoint not found: {spec}")
+
+
+def timm_weights_file(arch, download=True):
+    """The local file of a timm model's own pretrained weights: the Hugging Face cache (HF_HUB_CACHE) for weights on
+    the hub, torch.hub's cache for URL-only ones. Missing: downloaded when online and `download`, else UserError
+    naming the folder to fill (download=False, online: None)."""
+    timm = timm_module()
+    cfg = timm.models.get_pretrained_cfg(timm_name(arch))
+    check(cfg is not None and (cfg.hf_hub_id or cfg.url or cfg.file), f"--pretrained timm: timm has no pretrained "
+                                                                      f"weights for {arch}")
+    if cfg.file:
+        return cfg.file
+    offline = _offline()
+    if cfg.hf_hub_id:
+        from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        for name in names:
+            found = try_to_load_from_cache(repo, name, revision=revision or None)
+            if isinstance(found, str):
+                return found
+        folder = os.path.join(constants.HF_HUB_CACHE, "models--" + repo.replace("/", "--"))
+        if not download and not offline:
+            return None
+        check(not offline, f"--pretrained timm: the weights of {arch} (Hugging Face hub: {repo}) are not in the "
+                           f"local cache and HF_HUB_OFFLINE is set: fill {folder} (e.g. `hf download {repo}` with "
+                           f"internet and the same HF_HOME) or pass the weights as a file")
+        errors = []
+        for name in names:
+            try:
+                return hf_hub_download(repo, name, revision=revision or None)
+            except Exception as e:  # no such file in the repo, or no network
+                errors.append(f"{type(e).__name__}: {str(e).splitlines()[0][:120]}")
+        raise UserError(f"--pretrained timm: could not download {repo} into {folder} ({errors[-1]}); fill that folder "
+                        f"or pass the weights as a file")
+    return _url_file(cfg.url, f"--pretrained timm ({arch})", download)
+
+
+def _url_file(url, what, download=True):
+    """A weights URL's file in torch.hub's cache (TORCH_HOME/hub/checkpoints), downloaded when missing and online."""
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    path = os.path.join(folder, os.path.basename(urlparse(url).path))
+    if os.path.isfile(path):
+        return path
+    if not download and not _offline():
+        return None
+    check(not _offline(), f"{what}: {os.path.basename(path)} is not in {folder} and HF_HUB_OFFLINE is set: download "
+                          f"{url} into that folder (TORCH_HOME sets where it is) or pass the weights as a file")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        torch.hub.download_url_to_file(url, path, progress=False)
+    except Exception as e:
+        raise UserError(f"{what}: could not download {url} into {folder} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:120]}); put the file there or pass the weights as a file") from None
+    return path
+
+
+def pretrained_state(spec, arch=None, download=True):
+    """{key: tensor} of the weights a --pretrained spec names (not yet matched to a model)."""
+    if spec == "timm":
+        return read_checkpoint(timm_weights_file(arch, download))
+    if spec.startswith("torchvision:"):
+        weights = torchvision_weights(spec, arch)
+        return read_checkpoint(_url_file(weights.url, f"--pretrained {spec}", download))
+    return read_checkpoint(spec)
+
+
+def _source(spec):
+    return f"--pretrained {spec}" if spec == "timm" or spec.startswith("torchvision:") else f"checkpoint {spec}"
+
+
+def check_pretrained(spec, arch, image_size=None):
+    """Raise UserError unless the weights `spec` names can be found (downloaded when online and missing) and fit
+    `arch` at `image_size`: one line listing missing / unexpected keys, or naming the cache folder to fill. Returns
+    the matched backbone state ({} for scratch), e.g. to check its values."""
+    if spec == "scratch":
+        return {}
+    check_pretrained_form(spec, arch)
+    return match_state_dict(pretrained_state(spec, arch), meta_model(arch, 10, image_size), source=_source(spec))
+
+
+def load_pretrained(spec, arch="resnet50", num_classes=1000, image_size=None, drop_path=0.0):
+    """`arch` (lib.backbones.build_model) with the backbone weights `spec` names ("scratch": random; a file or
+    folder; "timm": the model's own timm weights, loaded by timm from the local cache; "torchvision:<WEIGHTS>") and a
+    fresh head for `num_classes`, never the checkpoint's (initialised from torch's global random stream: seed it
+    first; loading the weights draws no random number)."""
+    model = build_model(arch, num_classes, image_size, drop_path)
+    if spec == "scratch":
+        return model
+    if spec == "timm":
+        path = timm_weights_file(arch)
+        try:  # timm's own loader: its checkpoint filter resizes position embeddings to image_size
+            with torch.random.fork_rng(devices=[]):
+                src = library_model(arch, image_size, 0.0, num_classes, pretrained=True,
+                                    pretrained_cfg_overlay=dict(file=path))
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"--pretrained timm: timm could not load {path} into {arch} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:200]})") from None
+        state = src.state_dict()
+    else:
+        state = pretrained_state(spec, arch)
+    model.load_state_dict(match_state_dict(state, model, source=_source(spec)), strict=False)  # checked strictly
     return model
 
 
-def file_digest(path, chunk=1 << 20):
-    """sha256 of a file: identifies a pre-trained checkpoint in phase-I cache keys."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def pretrained_id(spec, arch=None):
+    """What identifies the weights of a --pretrained spec in the phase-I cache key: "scratch"; a file's (or a
+    save_pretrained folder's weights file's) sha256, as ever; for timm and torchvision weights, "timm:" /
+    "torchvision:" + the sha256 of the cached file, or the weights' name and version when it is not cached."""
+    if spec == "scratch":
+        return "scratch"
+    if spec == "timm":
+        path = timm_weights_file(arch, download=False)
+        if path:
+            return "timm:" + file_sha256(path)
+        cfg = timm_module().models.get_pretrained_cfg(timm_name(arch))
+        return f"timm:{cfg.hf_hub_id or cfg.url}@timm-{timm_module().__version__}"
+    if spec.startswith("torchvision:"):
+        weights = torchvision_weights(spec, arch)
+        path = _url_file(weights.url, spec, download=False)
+        return "torchvision:" + (file_sha256(path) if path else f"{weights}:{os.path.basename(weights.url)}")
+    return file_sha256(weights_file(spec))
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # stages
 
 def stage_module(model, name):
-    """The module whose output is stage `name`'s output."""
-    check(name in _STAGE_OUTPUT_MODULE, f"unknown stage '{name}' (choose from {', '.join(STAGES)})")
-    return getattr(model, _STAGE_OUTPUT_MODULE[name])
+    """The module whose output is stage `name`'s output (pool without a module of its own: the head, whose input
+    it is)."""
+    model = unwrap(model)
+    smap = stage_map(model)
+    part = check_stage(smap, name)
+    if part == smap.head or (part == smap.pool and smap.pool_module is None):
+        return model.get_submodule(smap.head_module)
+    return model.get_submodule(smap.pool_module if part == smap.pool else smap.outputs[part])
 
 
 @contextlib.contextmanager
 def taps(model, names):
     """Inside the block, `feats[name]` holds the output of each named stage for the last forward pass.
 
-    Forward hooks only read outputs, so the model and its gradients are unchanged.
+    Hooks only read, so the model and its gradients are unchanged. Names: stage1..stageK, pool (alias avgpool:
+    the pooled features, the head's input; ResNets: avgpool's output), head (alias fc: the logits).
         with taps(model, ["stage5", "avgpool"]) as feats:
             logits = model(x)
-        feats["avgpool"]  # (batch, 2048, 1, 1) for ResNet-50
+        feats["avgpool"]  # (batch, 2048, 1, 1) for ResNet-50; (batch, 768) for Swin-T's pool
+    Swin's stage outputs are NHWC, ViT's are token sequences: users flatten them per sample.
     """
-    model = getattr(model, "module", model)  # DDP / compiled wrappers
+    model = unwrap(model)  # DDP / compiled wrappers
+    smap = stage_map(model) if names else None  # no taps: any module, even one without stages
     feats, handles = {}, []
     for name in names:
+        part = check_stage(smap, name)
+        if part == smap.pool and smap.pool_module is None:
+            def pre_hook(_module, args, name=name):
+                feats[name] = args[0]
+            handles.append(model.get_submodule(smap.head_module).register_forward_pre_hook(pre_hook))
+            continue
+
         def hook(_module, _inp, out, name=name):
-            feats[name] = out
-        handles.append(stage_module(model, name).register_forward_hook(hook))
+            feats[name] = out[0] if isinstance(out, (tuple, list)) else out
+        path = smap.head_module if part == smap.head else smap.pool_module if part == smap.pool else smap.outputs[part]
+        handles.append(model.get_submodule(path).register_forward_hook(hook))
     try:
         yield feats
     finally:
@@ -233,21 +461,7 @@ def taps(model, names):
 # ----------------------------------------------------------------------------------------------------------------
 # frozen stages (thesis section 5)
 
-FREEZE_CHOICES = ["none", "stage2", "stage3", "stage4", "stage5", "head"]
 BN_MODES = ("eval", "train")
-
-
-def frozen_modules(stage):
-    """Names of the top-level modules that `--freeze stage` freezes: every stage before the named one
-    ('head' freezes everything but fc; 'none' nothing)."""
-    check(stage in FREEZE_CHOICES, f"unknown --freeze '{stage}' (choose from {', '.join(FREEZE_CHOICES)})")
-    if stage == "none":
-        return []
-    upto = "fc" if stage == "head" else stage
-    names = []
-    for s in STAGES[:STAGES.index(upto)]:
-        names += STAGE_MODULES[s]
-    return names
 
 
 @dataclass
@@ -298,45 +512,65 @@ def _keep_eval(module):
 
 
 def freeze(model, stage="none", bn="eval"):
-    """Freeze every stage before `stage` and return the Freeze (parameters left to train, tensors that must not
-    move). Frozen: requires_grad=False (the optimizer never sees them and the frozen prefix builds no autograd
-    graph) and, with bn="eval" (default), BatchNorm layers of frozen stages locked in eval mode so their running
-    statistics stay fixed; bn="train" keeps updating them, as the reference code did."""
+    """Freeze every stage before `stage` (none, stage2..stageK, pool, head: stage_map(model).freeze_choices) and
+    return the Freeze (parameters left to train, tensors that must not move). Frozen: requires_grad=False (the
+    optimizer never sees them and the frozen prefix builds no autograd graph) and, with bn="eval" (default),
+    BatchNorm layers of frozen stages locked in eval mode so their running statistics stay fixed; bn="train" keeps
+    updating them, as the reference code did."""
     check(bn in BN_MODES, f"--frozen_bn must be eval or train, got {bn!r}")
-    names = frozen_modules(stage)
-    for name in names:
-        module = getattr(model, name)
-        module.requires_grad_(False)
-        if bn == "eval":
-            for m in module.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    _keep_eval(m)
+    if stage == "none":  # nothing frozen: any module will do, even one without stages (a bare nn.Linear)
+        smap, parts = None, ()
+    else:
+        smap = stage_map(model)
+        check(stage in smap.freeze_choices,
+              f"unknown --freeze '{stage}' (choose from {', '.join(smap.freeze_choices)})")
+        parts = smap.frozen_parts(stage)
+    param_names = set()
+    for name, p in model.named_parameters():
+        param_names.add(name)
+        if parts and smap.part_of(name) in parts:
+            p.requires_grad_(False)
+    if bn == "eval" and parts:
+        for name, m in model.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and smap.part_of(name) in parts:
+                _keep_eval(m)
     params = [p for p in model.parameters() if p.requires_grad]
     check(params, f"--freeze {stage} leaves nothing to train")
-    prefixes = tuple(f"{name}." for name in names)
-    param_names = {n for n, _ in model.named_parameters()}
     frozen = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-              if k.startswith(prefixes) and (bn == "eval" or k in param_names)}
+              if parts and smap.part_of(k) in parts and (bn == "eval" or k in param_names)}
     return Freeze(stage, bn, params, frozen, sum(p.numel() for p in params), sum(p.numel() for p in model.parameters()))
 
 
+def _is_timm_bn_act(module):
+    return type(module).__module__.startswith("timm.") and hasattr(module, "act")
+
+
 def to_sync_batchnorm(model):
-    """BatchNorm -> SyncBatchNorm (statistics over the global batch under DDP), in place; the eval-locked layers of
-    frozen stages stay as they are (they use fixed statistics, nothing to synchronise)."""
+    """BatchNorm -> SyncBatchNorm (statistics over the global batch under DDP), in place; timm's BatchNormAct2d
+    becomes timm's SyncBatchNormAct (keeping its activation). The eval-locked layers of frozen stages stay as they
+    are (they use fixed statistics, nothing to synchronise)."""
     for name, child in model.named_children():
         if isinstance(child, _KeepsEval):
             continue
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            setattr(model, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+            if _is_timm_bn_act(child):
+                sync = timm_module().layers.convert_sync_batchnorm(child)
+                sync._bn_class = type(child)  # from_sync_batchnorm turns it back into this class
+            else:
+                sync = nn.SyncBatchNorm.convert_sync_batchnorm(child)
+            setattr(model, name, sync)
         else:
             to_sync_batchnorm(child)
     return model
 
 
 def from_sync_batchnorm(model):
-    """SyncBatchNorm -> BatchNorm2d in place (same parameters and buffers): saved members are plain models."""
+    """SyncBatchNorm -> BatchNorm2d (timm's SyncBatchNormAct -> BatchNormAct2d) in place, with the same parameters
+    and buffers: saved members are plain models."""
     for name, child in model.named_children():
-        if isinstance(child, nn.SyncBatchNorm):
+        if isinstance(child, nn.SyncBatchNorm) and getattr(child, "_bn_class", None) is not None:
+            child.__class__ = child.__dict__.pop("_bn_class")  # the same attributes (act, drop), module and all
+        elif isinstance(child, nn.SyncBatchNorm):
             bn = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
             bn.load_state_dict(child.state_dict())
             if child.affine:  # keep the Parameter objects (and their requires_grad)
