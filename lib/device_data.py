@@ -91,17 +91,24 @@ class DeviceImages(Dataset):
 
     mode: "reference" (RandomResizedCrop(size, scale (0.08, 1), ratio (3/4, 4/3)) + horizontal flip),
     "cifar" (random crop with 4-pixel zero padding + flip), "digits" (RandomResizedCrop(size, scale (0.6, 1)) +
-    rotation in +-10 degrees), "test_reference" (Resize(size * 256 / 224) + CenterCrop(size)), "test" (as is).
+    rotation in +-10 degrees), "test_reference" (Resize(resize) of the short side + CenterCrop(size); resize
+    defaults to round(size * 256 / 224), a model's data config gives floor(size / crop_pct)), "test" (as is).
     Indexing returns the raw uint8 image (for test loaders); `transform_batch` does the work.
     """
 
-    def __init__(self, images, labels, mode, size, mean, std):
+    def __init__(self, images, labels, mode, size, mean, std, resize=None):
         self.images = torch.as_tensor(images)
         assert self.images.dtype == torch.uint8 and self.images.dim() == 4
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.mode, self.size = mode, size
+        self.resize = resize if resize is not None else round(size * 256 / 224)
         self.mean, self.std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
         self._cache = {}
+
+    def like(self, images, labels):
+        """Other images with this set's transform (a validation or evaluation set in the test transform)."""
+        return DeviceImages(images, labels, self.mode, self.size, self.mean.flatten().tolist(),
+                            self.std.flatten().tolist(), self.resize)
 
     def __len__(self):
         return len(self.images)
@@ -139,7 +146,7 @@ class DeviceImages(Dataset):
         _, _, height, width = x.shape
         if params is None:  # deterministic test transforms
             if self.mode == "test_reference":
-                side = self.size * height / round(self.size * 256 / 224)  # the centre crop, in input pixels
+                side = self.size * min(height, width) / self.resize  # the centre crop, in input pixels
                 box = torch.tensor([(height - side) / 2, (width - side) / 2, side, side], device=x.device)
                 x = crop_resize_separable((x - mean) / std, box.expand(len(x), 4), self.size)
                 return x  # edge-repeating bilinear weights sum to 1: normalising first is the same, and cheaper

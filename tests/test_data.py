@@ -1,12 +1,18 @@
-"""Data: the CIFAR-100 loader on a tiny data set in the real on-disk format; the digits splits."""
+"""Data: the CIFAR-10 / CIFAR-100 loaders on tiny data sets in the real on-disk format; the digits splits; the
+validation split of the built-in sets; the model (timm) transforms."""
 import os
 import pickle
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
 
-from lib.data import IMAGENET_MEAN, IMAGENET_STD, digits_arrays, digits_splits, load_cifar100_task, load_digits_task
+from lib.data import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, augment_spec,
+                      digits_arrays, digits_splits, load_cifar100_task, load_cifar_task, load_digits_task,
+                      torchvision_transforms)
+from lib.device_data import DeviceImages
 from lib.errors import UserError
 
 
@@ -73,3 +79,122 @@ def test_digits_splits_are_disjoint_fixed_and_few_shot():
     assert len(task.train) == 40 and task.train[0][0].shape == (3, 16, 16)
     with pytest.raises(UserError, match="labels_per_class"):
         digits_splits(y, 0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# issue 13: CIFAR-10, digits at --image_size, the validation split on the built-in sets, model / timm transforms
+
+def write_tiny_cifar10(root, per_class_train=4, per_class_test=2):
+    """cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}: the training images spread over 5 batches."""
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder)
+    rng = np.random.RandomState(1)
+    train = rng.randint(0, 256, size=(10 * per_class_train, 3072), dtype=np.uint8)
+    train_y = [i % 10 for i in range(len(train))]
+    for b in range(5):
+        with open(os.path.join(folder, f"data_batch_{b + 1}"), "wb") as f:
+            pickle.dump({"data": train[b::5], "labels": train_y[b::5], "batch_label": f"b{b}",
+                         "filenames": [f"{i}.png" for i in range(len(train[b::5]))]}, f)
+    test = rng.randint(0, 256, size=(10 * per_class_test, 3072), dtype=np.uint8)
+    test_y = [i % 10 for i in range(len(test))]
+    with open(os.path.join(folder, "test_batch"), "wb") as f:
+        pickle.dump({"data": test, "labels": test_y, "batch_label": "test", "filenames": []}, f)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({"label_names": CIFAR10_CLASSES, "num_cases_per_batch": 8, "num_vis": 3072}, f)
+    order = np.concatenate([np.arange(b, len(train), 5) for b in range(5)])  # torchvision reads batch after batch
+    return train[order], np.asarray(train_y)[order], test, np.asarray(test_y)
+
+
+def test_cifar10_reads_the_five_batches_in_both_pipelines(tmp_path):
+    train, train_y, test, test_y = write_tiny_cifar10(str(tmp_path))
+    task = load_cifar_task("cifar10", str(tmp_path), "cifar", 224)
+    assert task.num_classes == 10 and task.class_names == CIFAR10_CLASSES and task.test_size == (32, 32)
+    assert len(task.train) == 40 and task.test_labels.tolist() == test_y.tolist() and task.train_key is None
+    assert np.array_equal(task.train.data.reshape(40, -1, 3).transpose(0, 2, 1).reshape(40, -1), train)
+    x, _ = task.test[0]  # ToTensor + the CIFAR-10 statistics
+    mean, std = torch.tensor(CIFAR10_MEAN)[:, None, None], torch.tensor(CIFAR10_STD)[:, None, None]
+    ref = (torch.tensor(test[0].reshape(3, 32, 32), dtype=torch.float32) / 255 - mean) / std
+    assert torch.allclose(x, ref, atol=1e-6)
+    dev = load_cifar_task("cifar10", str(tmp_path), "reference", 48, pipeline="device")
+    assert dev.train.mode == "reference" and dev.test.mode == "test_reference" and dev.test.resize == 55
+    assert torch.equal(dev.test.images.reshape(20, -1), torch.from_numpy(test)) and dev.test_size is None
+
+
+def test_digits_honour_image_size_and_keep_16_px_by_default():
+    from sklearn.datasets import load_digits
+    raw = torch.tensor(load_digits().images, dtype=torch.float32)[:, None] / 16
+    x16, _ = digits_arrays()
+    assert torch.equal(x16[:, :1], F.interpolate(raw, size=16, mode="bilinear", align_corners=False).clamp(0, 1))
+    for pipeline in ("torchvision", "device"):
+        task = load_digits_task(4, pipeline, image_size=32)
+        assert task.test_size == (32, 32) and task.class_names == [str(c) for c in range(10)]
+        if pipeline == "device":
+            assert task.test.images.shape[1:] == (3, 32, 32) and task.train.size == 32
+        else:
+            assert task.train[0][0].shape == (3, 32, 32) and task.test[0][0].shape == (3, 32, 32)
+
+
+def test_digits_validation_split_is_stratified_and_leaves_the_default_untouched():
+    x, y = digits_arrays()
+    plain = load_digits_task(4)
+    assert plain.val is None and plain.val_labels is None
+    ft, _, _ = digits_splits(y, 4)
+    assert torch.equal(plain.train.images, x[ft])  # no --val_split: the 40 labelled images, as before
+    task = load_digits_task(4, val_split=0.25)
+    assert np.bincount(task.val_labels).tolist() == [1] * 10  # ceil(0.25 * 40) = 10 held out: one per class
+    assert len(task.train) == 30 and np.bincount(task.train.labels.numpy()).tolist() == [3] * 10
+    both = torch.cat([task.train.images, task.val.images])  # disjoint, and together the 40 labelled images
+    assert len({tuple(v.flatten().tolist()) for v in both}) == 40
+    assert {tuple(v.flatten().tolist()) for v in both} == {tuple(v.flatten().tolist()) for v in x[ft]}
+    assert torch.allclose(task.val[0][0], (task.val.images[0] - 0.3053) / 0.3189)  # the test transform
+    dev = load_digits_task(4, "device", val_split=0.25)
+    assert np.array_equal(dev.val_labels, task.val_labels) and dev.val.mode == "test"
+    with pytest.raises(UserError, match="holds out 4 of the 40 images .* fewer than its 10 classes"):
+        load_digits_task(4, val_split=0.1)
+
+
+def test_cifar_validation_split_in_both_pipelines(tmp_path):
+    train, train_y, _, _ = write_tiny_cifar10(str(tmp_path))
+    tv = load_cifar_task("cifar10", str(tmp_path), "reference", 32, val_split=0.25)
+    dev = load_cifar_task("cifar10", str(tmp_path), "reference", 32, pipeline="device", val_split=0.25)
+    assert np.bincount(tv.val_labels).tolist() == [1] * 10 and np.array_equal(dev.val_labels, tv.val_labels)
+    assert np.array_equal(tv.val.data, dev.val.images.permute(0, 2, 3, 1).numpy())
+    assert len(tv.train) == 30 and not set(map(bytes, tv.train.data)) & set(map(bytes, tv.val.data))
+    assert isinstance(tv.val.transform.transforms[0], T.Resize)  # the test transform
+    write_tiny_cifar100(str(tmp_path / "c100"))  # 12 images of 12 classes: one each
+    with pytest.raises(UserError, match="has 1 image .* needs 2 or more"):
+        load_cifar_task("cifar100", str(tmp_path / "c100"), "cifar", 32, val_split=0.3)
+
+
+def test_model_data_config_transforms_match_timm():
+    from PIL import Image
+    from timm.data import create_transform
+    config = {"input_size": (3, 24, 24), "interpolation": "bicubic", "crop_pct": 0.9, "mean": (0.5, 0.4, 0.3),
+              "std": (0.2, 0.25, 0.3)}
+    aug = augment_spec("model", 224, data_config=config)
+    assert (aug.size, aug.resize, aug.interpolation) == (24, 26, "bicubic")  # floor(24 / 0.9)
+    train, test = torchvision_transforms(aug)
+    img = Image.fromarray(np.random.RandomState(0).randint(0, 256, (30, 60, 3), dtype=np.uint8))
+    ref = create_transform(config["input_size"], is_training=False, interpolation="bicubic", crop_pct=0.9,
+                           mean=config["mean"], std=config["std"])
+    assert torch.allclose(test(img), ref(img), atol=1e-6)
+    assert train(img).shape == (3, 24, 24) and train.transforms[0].interpolation == T.InterpolationMode.BICUBIC
+    # the device pipeline: Resize(26) of the short side (30x60 -> 26x52) + CenterCrop(24), in batches
+    u8 = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None]
+    dev = DeviceImages(u8, [0], "test_reference", aug.size, aug.mean, aug.std, aug.resize)
+    x = F.interpolate(u8.float() / 255, size=(26, 52), mode="bilinear", align_corners=False)[:, :, 1:25, 14:38]
+    mean, std = torch.tensor(aug.mean)[:, None, None], torch.tensor(aug.std)[:, None, None]
+    assert torch.allclose(dev.transform_batch(u8), (x - mean) / std, atol=1e-4)
+
+
+def test_auto_augment_and_random_erasing_come_from_timm():
+    from timm.data.auto_augment import RandAugment
+    from timm.data.random_erasing import RandomErasing
+    aug = augment_spec("reference", 32)
+    train, test = torchvision_transforms(aug, "rand-m9-mstd0.5-inc1", 0.25)
+    kinds = [type(t) for c in train.transforms for t in getattr(c, "transforms", [c])]
+    assert T.RandomResizedCrop in kinds and RandAugment in kinds and RandomErasing in kinds
+    assert [type(t) for t in test.transforms] == [T.Resize, T.CenterCrop, T.ToTensor, T.Normalize]
+    cifar_train, _ = torchvision_transforms(augment_spec("cifar", 32), None, 0.5)
+    assert isinstance(cifar_train.transforms[0], T.RandomCrop) and RandomErasing in \
+        [type(t) for c in cifar_train.transforms for t in getattr(c, "transforms", [c])]
