@@ -1,41 +1,64 @@
-"""Recompute a run's metrics from its saved test-set probabilities (or, with --from_weights, from its weights).
+"""Recompute a run's metrics from its saved predictions (or, with --from_weights, from its weights), and evaluate it
+beyond the test set: out-of-distribution detection, distribution shift, selective prediction, calibration.
 
     python scripts/evaluate.py runs/starsse/digits-seed0
+    python scripts/evaluate.py runs/starsse/digits-seed0 --ood_dataset noise --ood_dataset permuted \\
+        --shift_dataset flipped --reliability rel.png
+    accelerate launch scripts/evaluate.py RUN --ood_dataset svhn:/data/svhn --shift_dataset cifar-c:/data/CIFAR-100-C
     accelerate launch scripts/evaluate.py runs/starsse/digits-seed0 --from_weights   # re-predict every member
 
-Writes <run>/metrics.json (atomically) and prints the member accuracies, ensemble accuracy by size, diversity,
-NLL, ECE and Brier score. --from_weights rebuilds each member from member_<i>.safetensors, predicts the test set
-again (gather_for_metrics: each sample once, whatever the number of processes) and replaces the saved probabilities.
+Writes <run>/metrics.json (atomically; the ood/ and shift/ keys of sets evaluated earlier and the soup/ keys of
+scripts/soup.py are kept, everything computed now replaced) and prints the member accuracies, ensemble accuracy by
+size, diversity, NLL, ECE, Brier score, then AURC and accuracy at 80/90/95 % coverage, adaptive ECE, temperature
+scaling (runs with a validation split), and per OOD / shifted set the AUROC and FPR95 of each score, accuracy, NLL
+and ECE (metrics.json has every number).
+--from_weights rebuilds each member from member_<i>.safetensors, predicts the test (and validation) set again
+(gather_for_metrics: each sample once, whatever the number of processes) and replaces the saved predictions,
+unless they are not finite. An unfinished run is refused unless --partial (then metrics.json says "partial": true);
+a read-only run directory is evaluated and printed, and nothing is written.
 """
 import argparse
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.cli import Parser, Settings  # noqa: E402
+from lib.errors import check, cli_main, interrupt_quietly  # noqa: E402
+interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
+import numpy as np  # noqa: E402
+
+from lib.cli import Parser  # noqa: E402
 from lib.data import load_task, test_loader  # noqa: E402
-from lib.errors import cli_main  # noqa: E402
+from lib.evaluation import (check_finite, evaluate_run, lock_for_writing, member_models, merge_metrics,  # noqa: E402
+                            run_settings, summary_lines, writable)
 from lib.experiment import format_result  # noqa: E402
-from lib.models import build_model  # noqa: E402
-from lib.runs import load_weights, open_run, run_summary, save_array, save_json  # noqa: E402
+from lib.runs import open_run, run_summary, save_array  # noqa: E402
 from lib.train import LoopSettings, make_accelerator, memory_format, predict_many  # noqa: E402
 
 
-def repredict(run, cfg, n):
-    """Predict the test set again with every member's saved weights, all members in one pass over the test set;
-    returns (accelerator, probs of shape (members, samples, classes))."""
-    acc = make_accelerator(cfg.cpu, cfg.mixed_precision)
+def repredict(run, cfg, acc, n):
+    """Every member's test (and validation) probabilities and logits from its saved weights, all members in one
+    pass over each set: {kind: (members, samples, classes)} for kind in probs, logits (, val_probs, val_logits)."""
     data = load_task(cfg)
     fmt = memory_format(LoopSettings.from_settings(cfg), acc)
-    models = []
-    for i in range(1, n + 1):
-        model = build_model(cfg.arch, data.num_classes)
-        model.load_state_dict(load_weights(run.weights(i)))
-        models.append(model.to(acc.device, memory_format=fmt))
-    return acc, predict_many(acc, models, test_loader(data.test, cfg.eval_batch_size, min(cfg.num_workers, 4)),
-                             memory_format=fmt)
+    models = member_models(run, cfg.arch, data.num_classes, n, acc.device, fmt, cfg.image_size)
+    out = {}
+    for prefix, dataset in (("", data.test), ("val_", getattr(data, "val", None))):
+        if dataset is not None:
+            loader = test_loader(dataset, cfg.eval_batch_size, min(cfg.num_workers, 4))
+            out[prefix + "probs"], out[prefix + "logits"] = predict_many(acc, models, loader, memory_format=fmt,
+                                                                          logits=True)
+            check_finite(out[prefix + "logits"], f"the {'validation' if prefix else 'test'} set")
+    return out
+
+
+def replace_predictions(run, arrays):
+    """Save the new predictions, then renew each member record's digests (it lists the files it vouches for)."""
+    for i in range(1, len(arrays["probs"]) + 1):
+        record = run.verify_member(i)
+        for kind, a in arrays.items():
+            save_array(getattr(run, kind)(i), a[i - 1])
+        if "sha256" in record:
+            run.seal_member(i, record)
 
 
 @cli_main
@@ -43,28 +66,58 @@ def main():
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
     p.add_argument("--from_weights", action="store_true", help="predict the test set again from the saved weights")
-    p.add_argument("--cpu", action="store_true", help="with --from_weights: use the CPU even if a GPU is present")
+    p.add_argument("--cpu", action="store_true", help="use the CPU even if a GPU is present")
+    p.add_argument("--ood_dataset", action="append", default=[], metavar="SPEC",
+                   help="out-of-distribution set (repeatable): imagefolder:DIR, hf:NAME_OR_PATH, cifar10:DIR, "
+                        "cifar100:DIR, svhn:DIR, or a synthetic one (noise, permuted, flipped)")
+    p.add_argument("--shift_dataset", action="append", default=[], metavar="SPEC",
+                   help="shifted test set with labels (repeatable): the forms of --ood_dataset and cifar-c:DIR")
+    p.add_argument("--reliability", default=None, metavar="PNG",
+                   help="write the ensemble's reliability diagram (and after temperature scaling) to this PNG")
+    p.add_argument("--partial", action="store_true",
+                   help="evaluate an unfinished run's finished members (metrics.json then says partial: true)")
     a = p.parse_args()
+
     run = open_run(a.run_dir)
-    n = run.completed_members()
-    labels = np.load(run.file("labels.npy"))
-    config = run.config
-    is_main = True
-    if a.from_weights:
-        # the run's settings (older runs lack later flags: their defaults), on the CPU if asked
-        cfg = Settings({"channels_last": "auto", **config, "cpu": a.cpu or config.get("cpu", False)})
-        acc, probs = repredict(run, cfg, n)
-        is_main = acc.is_main_process
-        if is_main:
-            for i in range(1, n + 1):
-                save_array(run.probs(i), probs[i - 1])
-    else:
-        probs = run.load_probs(n)
-    result = run_summary(run, probs, labels, config)
-    if is_main:
-        save_json(run.file("metrics.json"), result)
-        where = f" (predicted again on {acc.num_processes} process{'es' if acc.num_processes > 1 else ''})" if a.from_weights else ""
-        print(format_result(result) + where)
+    n, planned = run.completed_members(), run.config.get("members", 1)
+    check(n >= planned or a.partial, f"{a.run_dir} is unfinished ({n} of {planned} members finished): re-run its "
+                                     f"training command to finish it, or pass --partial to evaluate the finished "
+                                     f"members")
+    for i in range(1, n + 1):
+        run.verify_member(i)  # every file against its record's digest: a damaged one gives one line, before anything
+    cfg = run_settings(run, cpu=a.cpu or run.config.get("cpu", False))
+    acc = make_accelerator(cfg.cpu, cfg.mixed_precision)
+    lock = lock_for_writing(run) if acc.is_main_process else None  # a run still training there is refused
+    try:
+        labels = np.load(run.file("labels.npy"))
+        arrays = repredict(run, cfg, acc, n) if a.from_weights else {"probs": run.load_probs(n)}
+        check_finite(arrays["probs"], "the test set")
+        result = run_summary(run, arrays["probs"], labels, run.config)
+        reliability = a.reliability
+        if reliability and not writable(os.path.dirname(os.path.abspath(reliability)) or "."):
+            acc.print(f"note: {os.path.dirname(os.path.abspath(reliability))} is read-only: no reliability diagram")
+            reliability = None
+        result.update(evaluate_run(run, cfg, acc, ood=a.ood_dataset, shift=a.shift_dataset, members=n,
+                                   reliability=reliability, probs=arrays["probs"], logits=arrays.get("logits")))
+        if n < planned:
+            result.update(partial=True, planned_members=planned)
+        if not acc.is_main_process:
+            return
+        where = f" (predicted again on {acc.num_processes} process{'es' if acc.num_processes > 1 else ''})" \
+            if a.from_weights else ""
+        print(format_result(result) + where + (f" | PARTIAL: {n} of {planned} members" if n < planned else ""))
+        for line in summary_lines(result):
+            print(line)
+        if lock is None:
+            print(f"note: {a.run_dir} is read-only: nothing was written (metrics.json and the predictions are "
+                  f"unchanged)")
+            return
+        if a.from_weights:
+            replace_predictions(run, arrays)
+        merge_metrics(run, result, drop=("partial", "planned_members", "sel/", "cal/"))  # always recomputed
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,129 @@
+"""Model soups of a finished run (Wortsman et al. 2022): one network with the average of the members' weights.
+The NeurIPS paper's claim: StarSSE's members, all in model 1's basin, make better uniform soups than SSE's.
+
+    python scripts/soup.py runs/starsse/digits-seed0                       # the uniform soup
+    python scripts/soup.py runs/starsse/digits-seed0 --mode uniform greedy # and the greedy soup (needs --val_split)
+
+uniform: the mean of all members' weights. greedy: the members sorted by validation accuracy, each added to the
+soup while the soup's validation accuracy does not drop. BatchNorm statistics of a soup are re-estimated on
+--bn_recalibrate training batches (BN models: one epoch, at most 100 batches, by default; the layers identical in
+every member, e.g. frozen stages, keep theirs).
+Prints the soups' test accuracy, NLL and ECE beside the ensemble's and the best member's, and merges soup/<mode>/*
+into <run>/metrics.json. Global DE soups are expected to fail: its members come from different checkpoints.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.errors import check, cli_main, interrupt_quietly  # noqa: E402
+interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy.special import softmax  # noqa: E402
+
+from lib import metrics, soups  # noqa: E402
+from lib.cli import Parser  # noqa: E402
+from lib.data import load_task, train_loader  # noqa: E402
+from lib.evaluation import lock_for_writing, member_models, merge_metrics, predict_logits, run_settings  # noqa: E402
+from lib.models import build_model, stage_map  # noqa: E402
+from lib.runs import load_json, open_run  # noqa: E402
+from lib.seeding import seed_for  # noqa: E402
+from lib.train import make_accelerator  # noqa: E402
+
+BN_BATCHES = 100    # default --bn_recalibrate for BN models: one epoch of training batches, at most this many
+BN_STREAM = 11      # seed stream of the recalibration batches: (seed, BN_STREAM)
+
+
+def soup_keys(mode, p, labels):
+    return {f"soup/{mode}/acc": metrics.accuracy(p, labels), f"soup/{mode}/nll": metrics.nll(p, labels),
+            f"soup/{mode}/ece": metrics.ece(p, labels)}
+
+
+@cli_main
+def main():
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir")
+    p.add_argument("--mode", nargs="+", choices=["uniform", "greedy"], default=["uniform"],
+                   help="uniform: mean of all members; greedy: Wortsman et al.'s greedy soup (needs a validation "
+                        "split)")
+    p.add_argument("--bn_recalibrate", type=int, default=None, metavar="N",
+                   help=f"re-estimate BatchNorm statistics on N training batches (default for BN models: one epoch, "
+                        f"at most {BN_BATCHES} batches; 0: keep the averaged statistics)")
+    p.add_argument("--cpu", action="store_true", help="use the CPU even if a GPU is present")
+    a = p.parse_args()
+    check(a.bn_recalibrate is None or a.bn_recalibrate >= 0, f"--bn_recalibrate must be >= 0, got {a.bn_recalibrate}")
+
+    # the run: finished members, checked against their digests, compatible with each other
+    run = open_run(a.run_dir, min_members=2)
+    cfg = run_settings(run, cpu=a.cpu or run.config.get("cpu", False))
+    n = run.completed_members()
+    if n < cfg.members:
+        print(f"note: {a.run_dir} is unfinished ({n} of {cfg.members} members): souping the finished ones")
+    check("greedy" not in a.mode or os.path.exists(run.file("val_labels.npy")),
+          f"--mode greedy needs a validation split and {a.run_dir} has none: train the run with --val_split F "
+          f"(or --val_split_name) to have one")
+    states = [run.load_member_weights(i) for i in range(1, n + 1)]
+    probs, labels = run.load_probs(n), np.load(run.file("labels.npy"))
+    probe = build_model(cfg.arch, probs.shape[-1], cfg.image_size)  # its stage map: which stage each tensor is in
+    soups.check_compatible(states, [load_json(run.record(i)) for i in range(1, n + 1)], stage_map(probe))
+    lock = lock_for_writing(run)  # a run still training in the directory is refused; None: read-only
+    try:
+        acc = make_accelerator(cfg.cpu, cfg.mixed_precision)
+        data = load_task(cfg)
+        bn_loader = lambda: train_loader(data.train, cfg.batch_size, 1, 0, seed_for(cfg.seed, BN_STREAM), 0,
+                                         acc.device)
+        bn_batches = a.bn_recalibrate if a.bn_recalibrate is not None else \
+            min(BN_BATCHES, len(bn_loader())) if soups.has_batchnorm(probe) else 0
+        keep = soups.identical_bn_layers(states)
+
+        def soup_probs(state, dataset, recalibrate=True):
+            """A soup's probabilities on `dataset`, its BatchNorm statistics re-estimated on training batches first."""
+            model = build_model(cfg.arch, data.num_classes, cfg.image_size)
+            model.load_state_dict(state)
+            model.to(acc.device)
+            if recalibrate and bn_batches:
+                torch.manual_seed(seed_for(cfg.seed, BN_STREAM))  # the same augmented batches for every soup
+                soups.recalibrate_bn(model, soups.take_batches(bn_loader(), bn_batches), acc.device, keep)
+            return softmax(predict_logits(acc, [model], dataset, cfg, local=True)[0].astype(np.float64), axis=-1)
+
+        result, rows = {}, []
+        if "uniform" in a.mode:
+            p_uniform = soup_probs(soups.uniform_soup(states), data.test)
+            rows.append((f"uniform soup ({n} members)", p_uniform))
+            result.update(soup_keys("uniform", p_uniform, labels))
+        if "greedy" in a.mode:
+            check(data.val is not None, "--mode greedy: the run's validation split could not be rebuilt")
+            y_val = np.load(run.file("val_labels.npy"))
+            members = member_models(run, cfg.arch, data.num_classes, n, acc.device, image_size=cfg.image_size)
+            own = metrics.member_accuracy(softmax(predict_logits(acc, members, data.val, cfg, local=True), -1), y_val)
+            soup, kept, steps = soups.greedy_soup(states, lambda s: metrics.accuracy(soup_probs(s, data.val), y_val),
+                                                  own)
+            print(f"greedy: start from member {steps[0][0]} (validation acc {steps[0][1]:.2f} %)")
+            for member, score, joined in steps[1:]:
+                print(f"greedy: + member {member} -> validation acc {score:.2f} % ({'kept' if joined else 'left out'})")
+            p_greedy = soup_probs(soup, data.test, recalibrate=len(kept) > 1)
+            rows.append((f"greedy soup (members {' '.join(map(str, kept))})", p_greedy))
+            result.update(soup_keys("greedy", p_greedy, labels), **{"soup/greedy/members": kept})
+
+        # the table: the soups beside the ensemble and the best member (by test accuracy), from saved probabilities
+        best = int(np.argmax(metrics.member_accuracy(probs, labels)))
+        rows = [(f"ensemble ({n} members)", probs), (f"best member (member {best + 1})", probs[best])] + rows
+        print(f"| {cfg.method}: {a.run_dir} | acc. | NLL | ECE |\n|---|---|---|---|")
+        for name, p in rows:
+            print(f"| {name} | {metrics.ensemble_accuracy(p, labels):.2f} | {metrics.nll(p, labels):.4f} | "
+                  f"{metrics.ece(p, labels):.4f} |")
+        if bn_batches:
+            print(f"(soups' BatchNorm statistics re-estimated on {bn_batches} training batches"
+                  f"{f'; {len(keep)} layers identical in every member kept theirs' if keep else ''})")
+        if lock is None:
+            print(f"note: {a.run_dir} is read-only: metrics.json was not written")
+        else:
+            merge_metrics(run, result)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+if __name__ == "__main__":
+    main()
