@@ -1,6 +1,10 @@
 """Diversity structure of ensembles (thesis table 6.2, figures 6.2, 6.4): pairwise diversity and pairwise weight
 cosine of every run's members, their correlation over all pairs of all runs and within each run; the CSV, figures
 and markdown of scripts/diversity_structure.py.
+
+As the thesis draws them: the correlation (and figure 6.2) is over the 10 pairs of each 5-member ensemble (runs of
+another size, e.g. the 15-member runs of the subset study, are reported apart); table 6.2 and figure 6.4 show plain
+StarSSE runs of the thesis' optimal cycle setting, whatever else the folders hold.
 """
 import itertools
 import os
@@ -10,10 +14,12 @@ import numpy as np
 from . import metrics
 from .errors import check
 from .figures import category_colors, pyplot, save_figure, short
+from .report import is_optimal_starsse
 from .runs import find_runs, open_run, run_info, save_json, write_csv
 from .weights import cosine_from_gram, parameter_keys, weight_stats
 
 FIRST, OTHER = "tab:orange", "tab:green"  # the thesis' colours for pairs with and without member 1
+THESIS_MEMBERS = 5  # the thesis' correlation: "for each trained ensemble we consider 5 * 4 / 2 = 10 pairs"
 PAIR_COLUMNS = ["run_dir", "group", "method", "seed", "i", "j", "diversity", "weight_cosine", "with_first"]
 
 
@@ -118,11 +124,36 @@ def plot_rows(rows, run_dirs, path):
     save_figure(fig, path)
 
 
+def headline_size(sizes):
+    """The ensemble size whose pairs give the headline correlation: THESIS_MEMBERS when some run has it, else the
+    most common size (ties: the smaller)."""
+    sizes = list(sizes)
+    if THESIS_MEMBERS in sizes:
+        return THESIS_MEMBERS
+    return min(set(sizes), key=lambda m: (-sizes.count(m), m))
+
+
+def thesis_runs(configs):
+    """(run dirs, how they were chosen) for table 6.2 and figure 6.4, from {run dir: config} in run-directory order:
+    plain StarSSE runs of the thesis' optimal cycle setting (lib.report.is_optimal_starsse); else any StarSSE runs;
+    else every run."""
+    for test, how in [(is_optimal_starsse, "StarSSE runs of the thesis' optimal cycle setting (cycle lr = 2 x lr, "
+                                           "cycle epochs = 0.5 x epochs)"),
+                      (lambda c: c.get("method") == "StarSSE", "StarSSE runs (none of the optimal cycle setting)"),
+                      (lambda c: True, "runs (no StarSSE run)")]:
+        chosen = [d for d, c in configs.items() if test(c)]
+        if chosen:
+            return chosen, how
+    return [], "no run"
+
+
 def analyze(run_dirs, out, group_by=("method",), matrices=2, rows=4, matrix_runs=None, row_runs=None,
             prefix="diversity", log=print):
     """Every run with 2 members or more under `run_dirs`; writes the files and returns the markdown section.
-    matrix_runs / row_runs: the runs for table 6.2 / figure 6.4 (default: the first `matrices` / `rows` runs)."""
-    pairs, mats = [], {}
+    The correlation and figure 6.2 are over the runs of headline_size (the thesis: 5 members); other sizes are
+    reported apart. matrix_runs / row_runs: the runs of table 6.2 / figure 6.4 (default: thesis_runs among the
+    headline-size runs, the first `matrices` / `rows` of them)."""
+    pairs, mats, configs = [], {}, {}
     for d in find_runs(run_dirs):
         run = open_run(d)
         if run.completed_members() < 2:
@@ -130,21 +161,35 @@ def analyze(run_dirs, out, group_by=("method",), matrices=2, rows=4, matrix_runs
             continue
         div, _cos, rs = diversity_structure(run, group_by)
         mats[run.path] = (rs[0]["group"], div)
+        configs[run.path] = run.config
         pairs += rs
     check(pairs, f"no run with 2 members or more under {' '.join(run_dirs)}")
-    corr = correlations(pairs)
+    size = headline_size(len(div) for _g, div in mats.values())
+    main = [p for p in pairs if len(mats[p["run_dir"]][1]) == size]
+    corr = correlations(main)
+    apart = {m: correlations([p for p in pairs if len(mats[p["run_dir"]][1]) == m])
+             for m in sorted({len(div) for _g, div in mats.values()} - {size})}
+    chosen, how = thesis_runs({d: c for d, c in configs.items() if len(mats[d][1]) == size})
+    if matrix_runs is not None or row_runs is not None:
+        how = "runs given"
     os.makedirs(out, exist_ok=True)
     write_csv(os.path.join(out, f"{prefix}_pairs.csv"), pairs, PAIR_COLUMNS)
-    save_json(os.path.join(out, f"{prefix}_structure.json"), corr)
-    plot_all(pairs, corr, os.path.join(out, f"{prefix}_cosine.png"))
-    row_runs = [d for d in map(os.path.normpath, row_runs or list(mats)) if d in mats][:rows]
+    save_json(os.path.join(out, f"{prefix}_structure.json"),
+              dict(corr, members=size, other_sizes={str(m): c for m, c in apart.items()}))
+    plot_all(main, corr, os.path.join(out, f"{prefix}_cosine.png"))
+    row_runs = [d for d in map(os.path.normpath, row_runs or chosen) if d in mats][:rows]
     plot_rows(pairs, row_runs, os.path.join(out, f"{prefix}_cosine_runs.png"))
-    shown = [d for d in map(os.path.normpath, matrix_runs or list(mats)[:matrices]) if d in mats]
+    shown = [d for d in map(os.path.normpath, matrix_runs or chosen) if d in mats][:matrices]
     tables = "\n\n".join(f"{mats[d][0]} ({d}):\n\n{matrix_markdown(mats[d][1])}" for d in shown)
-    return (f"Pairwise diversity (table 6.2) of {len(shown)} run(s), the largest entry in bold:\n\n{tables}\n\n"
-            f"Diversity against the cosine similarity of the flattened weights, {corr['pairs']} pairs of "
-            f"{corr['runs']} runs: correlation **{corr['global']:.3f}** over all pairs (thesis: -0.625), "
-            f"**{corr['within_mean']:.3f}** within a run, averaged over runs (thesis: 0.02). "
+    others = "".join(f" Runs of {m} members, apart: {c['pairs']} pairs of {c['runs']} run(s), correlation "
+                     f"{c['global']:.3f} over all pairs, {c['within_mean']:.3f} within a run (mean)."
+                     for m, c in apart.items())
+    return (f"Pairwise diversity (table 6.2) of {len(shown)} {how}, the largest entry in bold:\n\n{tables}\n\n"
+            f"Diversity against the cosine similarity of the flattened weights, the {size * (size - 1) // 2} pairs of "
+            f"each of {corr['runs']} {size}-member runs ({corr['pairs']} pairs; the thesis: 10 pairs of each 5-member "
+            f"run): correlation **{corr['global']:.3f}** over all pairs (thesis: -0.625), "
+            f"**{corr['within_mean']:.3f}** within a run, averaged over runs (thesis: 0.02).{others} "
             f"Data: [{prefix}_pairs.csv]({prefix}_pairs.csv), [{prefix}_structure.json]({prefix}_structure.json).\n\n"
-            f"![diversity against weight cosine, every pair (figure 6.2)]({prefix}_cosine.png)\n\n"
+            f"![diversity against weight cosine, every pair of the {size}-member runs (figure 6.2)]"
+            f"({prefix}_cosine.png)\n\n"
             f"![diversity against weight cosine, one row per run (figure 6.4)]({prefix}_cosine_runs.png)\n")

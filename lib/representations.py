@@ -16,10 +16,11 @@ from . import metrics
 from .data import load_task, test_loader
 from .errors import check
 from .figures import category_colors, pyplot, save_figure, short
-from .models import build_model, taps
+from .models import arch_stages, build_model, feature_layer, taps
+from .report import regime
 from .rtd import rtd
 from .runs import find_runs, load_json, load_weights, open_run, run_info, save_json, write_csv
-from .weights import REPR_STAGES, cosine_from_gram, parameter_keys, weight_stats
+from .weights import cosine_from_gram, parameter_keys, weight_stats
 
 FEATURE_METRICS = ["rtd", "mse", "wasserstein"]
 CACHE_VERSION = 1  # bump when a distance's definition changes: every cached member is then recomputed
@@ -83,7 +84,7 @@ def _file_id(path):
     return [st.st_size, st.st_mtime_ns]
 
 
-def member_representations(run, n_points=256, stages=REPR_STAGES, data_dir=None, device=None, batch_size=None,
+def member_representations(run, n_points=256, stages=None, data_dir=None, device=None, batch_size=None,
                            log=print):
     """{member i: {"features": {stage: {rtd, mse, wasserstein}}, "weights": {stage: mse}, "cosine": c}}, member 1
     against member i, for every finished member of `run`.
@@ -92,8 +93,10 @@ def member_representations(run, n_points=256, stages=REPR_STAGES, data_dir=None,
     points, the stages and the identity of member i's and member 1's weight files; a valid cache is read back. The
     cache holds the distances, not the activations: ResNet-50's stage outputs of 256 images at 224 px take 1.5 GB per
     member. Members to (re)compute run one forward pass each; member 1's activations are computed once and kept.
+    stages: names among the run's arch's stage2..stageK and pool (aliases as in lib.models.taps); None: all of them.
     """
-    check(all(s in REPR_STAGES for s in stages), f"stages must be among {', '.join(REPR_STAGES)}, got {stages}")
+    smap = arch_stages(run.config["arch"])
+    stages = smap.feature_layers if stages is None else [feature_layer(smap, s, "--stages") for s in stages]
     n = run.completed_members()
 
     def key(i):
@@ -118,11 +121,11 @@ def member_representations(run, n_points=256, stages=REPR_STAGES, data_dir=None,
     num_classes = int(np.load(run.probs(1), mmap_mode="r").shape[1])
     images = test_images(cfg, n_points, data_dir, device)
     batch_size = batch_size or cfg.get("eval_batch_size") or 256
-    keys = parameter_keys(cfg["arch"], num_classes)
+    keys = parameter_keys(cfg["arch"], num_classes, cfg.get("image_size"))
     keys = {s: keys[s] for s in list(stages) + ["all"]}
 
     def features(i):
-        model = build_model(cfg["arch"], num_classes)
+        model = build_model(cfg["arch"], num_classes, cfg.get("image_size"))  # fixed-size models: the run's size
         model.load_state_dict(load_weights(run.weights(i)))
         return stage_features(model.to(device), images, stages, batch_size)
     first = features(1)
@@ -162,12 +165,51 @@ AXIS = {"rtd": "RTD", "mse": "MSE", "wasserstein": "Wasserstein-2", "weight_mse"
         "weight_cosine": "cosine of all weights"}
 
 
+REGIMES = ["more local", "optimal", "semi-local"]  # figure 4.5's colours, in this order (lib.report.regime)
+REGIME_COLORS = {"more local": "tab:blue", "optimal": "tab:green", "semi-local": "tab:red"}
+
+
+def best_threshold(left, right):
+    """The x that best splits the values `left` (expected below) from `right` (expected above): a cut between two
+    neighbouring values that puts the most values on their side (x < t for left, x >= t for right); of equally good
+    cuts, the one nearest the middle of the two medians. None if one side is empty."""
+    left, right = np.asarray(left, float), np.asarray(right, float)
+    if len(left) == 0 or len(right) == 0:
+        return None
+    values = np.unique(np.concatenate([left, right]))
+    cuts = np.concatenate([[values[0] - 1.0], (values[:-1] + values[1:]) / 2, [values[-1] + 1.0]])
+    score = np.array([(left < t).sum() + (right >= t).sum() for t in cuts])
+    best = cuts[score == score.max()]
+    return float(best[np.argmin(np.abs(best - (np.median(left) + np.median(right)) / 2))])
+
+
+def regime_splits(rows, metric, stage):
+    """Figure 4.5's dashed lines in one panel: the thresholds splitting the optimal setting's members (2..M) from
+    the more local ones and from the semi-local ones (best_threshold, each neighbour on the side its median is)."""
+    x = {g: [r["value"] for r in rows if r.get("regime") == g and r["metric"] == metric and r["stage"] == stage
+             and r["member"] > 1 and np.isfinite(r["value"])] for g in REGIMES}
+    splits = []
+    for other in ("more local", "semi-local"):
+        if x[other] and x["optimal"]:
+            below = np.median(x[other]) < np.median(x["optimal"])
+            t = best_threshold(x[other], x["optimal"]) if below else best_threshold(x["optimal"], x[other])
+            splits.append(t)
+    return splits
+
+
 def plot(rows, path, panels, ncols, color_by):
-    """Test accuracy of each member against one distance to member 1 per panel (metric, stage)."""
+    """Test accuracy of each member against one distance to member 1 per panel (metric, stage). color_by "regime"
+    (figure 4.5): more local / optimal / semi-local settings, with the dashed lines that split the optimal one from
+    the others (regime_splits)."""
     plt = pyplot()
-    key = {"member": lambda r: r["member"], "group": lambda r: r["group"], "run": lambda r: short(r["run_dir"])}[color_by]
-    cats = sorted({key(r) for r in rows}) if color_by == "member" else list(dict.fromkeys(key(r) for r in rows))
-    colors = dict(zip(cats, category_colors(len(cats))))
+    key = {"member": lambda r: r["member"], "group": lambda r: r["group"], "run": lambda r: short(r["run_dir"]),
+           "regime": lambda r: r.get("regime")}[color_by]
+    if color_by == "regime":
+        cats = [g for g in REGIMES if any(r.get("regime") == g for r in rows)]
+        colors = {g: REGIME_COLORS[g] for g in cats}
+    else:
+        cats = sorted({key(r) for r in rows}) if color_by == "member" else list(dict.fromkeys(key(r) for r in rows))
+        colors = dict(zip(cats, category_colors(len(cats))))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(2.9 * ncols + 2.2, 2.5 * nrows), squeeze=False,
                              layout="constrained")
@@ -179,6 +221,10 @@ def plot(rows, path, panels, ncols, color_by):
                 pts = [pt for pt in pts if pt[0] > 0]  # member 1 against itself: 0, off the log axis
             if pts:
                 ax.scatter(*zip(*pts), s=16, color=colors[c], alpha=0.85)
+        if color_by == "regime":
+            for t in regime_splits(rows, metric, stage):
+                if metric != "weight_mse" or t > 0:
+                    ax.axvline(t, ls="--", color="black", lw=0.8)
         if metric == "weight_mse":
             ax.set_xscale("log")  # the thesis plots the logarithm of the weight MSE
         else:
@@ -192,8 +238,11 @@ def plot(rows, path, panels, ncols, color_by):
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     handles = [plt.Line2D([], [], ls="", marker="o", color=colors[c]) for c in cats]
-    fig.legend(handles, [f"member {c}" if color_by == "member" else str(c) for c in cats], loc="outside right upper",
-               fontsize=7)
+    names = [f"member {c}" if color_by == "member" else str(c) for c in cats]
+    if color_by == "regime":
+        handles.append(plt.Line2D([], [], ls="--", color="black"))
+        names.append("split: optimal | others")
+    fig.legend(handles, names, loc="outside right upper", fontsize=7)
     save_figure(fig, path)
 
 
@@ -213,7 +262,7 @@ def summary_table(rows, stage="avgpool"):
     return "\n".join(lines)
 
 
-def analyze(run_dirs, out, n_points=256, stages=REPR_STAGES, group_by=("method",), color_by="auto", data_dir=None,
+def analyze(run_dirs, out, n_points=256, stages=None, group_by=("method",), color_by="auto", data_dir=None,
             device=None, batch_size=None, prefix="representations", log=print):
     """Compute (or read from the caches) every run's distances, write <out>/<prefix>.csv and the two figures;
     returns the markdown section."""
@@ -222,20 +271,29 @@ def analyze(run_dirs, out, n_points=256, stages=REPR_STAGES, group_by=("method",
     for d in find_runs(run_dirs):
         run = open_run(d)
         results = member_representations(run, n_points, stages, data_dir, device, batch_size, log)
-        rows += representation_rows(run, results, group_by)
-    if color_by == "auto":
-        color_by = "group" if len({r["group"] for r in rows}) > 1 else "member"
+        rows += [dict(r, regime=regime(run.config)) for r in representation_rows(run, results, group_by)]
+    if color_by == "auto":  # figure 4.5 for several cycle settings; by group for other groups; else by member
+        settings = {(r["run_dir"], r["regime"]) for r in rows}
+        several = len({r["group"] for r in rows}) > 1
+        by_regime = several and all(g is not None for _d, g in settings) and len({g for _d, g in settings}) > 1
+        color_by = "regime" if by_regime else "group" if several else "member"
     os.makedirs(out, exist_ok=True)
     write_csv(os.path.join(out, f"{prefix}.csv"), rows, REPR_COLUMNS)
+    stages = list(dict.fromkeys(r["stage"] for r in rows if r["metric"] in FEATURE_METRICS))  # each run's names
     grid = [(m, s) for m in FEATURE_METRICS + ["weight_mse"] for s in stages]
     plot(rows, os.path.join(out, f"{prefix}.png"), grid, len(stages), color_by)
-    last = "avgpool" if "avgpool" in stages else stages[-1]
+    last = next((s for s in stages if s in ("avgpool", "pool")), stages[-1])  # the pooled features (figure 4.2)
     plot(rows, os.path.join(out, f"{prefix}_avgpool.png"),
          [(m, last) for m in FEATURE_METRICS + ["weight_mse"]] + [("weight_cosine", "all")], 5, color_by)
     runs = len({r["run_dir"] for r in rows})
+    colouring = color_by if color_by != "regime" else (
+        "cycle setting, as figure 4.5: more local (a lower cycle lr than the optimum, or the optimal lr with shorter "
+        "cycles), optimal (cycle lr 2 x lr, cycle epochs 0.5 x epochs) or semi-local (the rest); the dashed lines "
+        "split the optimal setting's members from the more local and the semi-local ones (the threshold that puts "
+        "the most members on their side)")
     return (f"Member 1 against member i of {runs} run(s): distances between stage outputs on the first {n_points} "
             f"test images (RTD with 0.9-quantile-normalised distances, MSE, exact Wasserstein-2), MSE of each stage's "
-            f"weights (avgpool: the fc layer), cosine of all weights; coloured by {color_by}. "
+            f"weights (avgpool: the fc layer), cosine of all weights; coloured by {colouring}. "
             f"Data: [{prefix}.csv]({prefix}.csv).\n\n"
             f"![accuracy against distances at {last} (figure 4.2)]({prefix}_avgpool.png)\n\n"
             f"![accuracy against distances at every stage (figures 4.3, 4.5)]({prefix}.png)\n\n"

@@ -91,20 +91,61 @@ def better_half(ensemble_accuracy):
     return np.asarray(ensemble_accuracy) > np.median(ensemble_accuracy)
 
 
-def separating_line(x, y, label):
-    """Linear SVM (scikit-learn LinearSVC on standardised x, y) between points with label True and False.
-    Returns ((a, b, c), training accuracy) with the line a*x + b*y + c = 0 (and margins = +-1) in the original
-    coordinates, a*x + b*y + c > 0 on the True side; None when one class is empty."""
-    label = np.asarray(label, bool)
-    if label.all() or not label.any():
-        return None
+def _svm(z, label):
+    """LinearSVC (C=1) on standardised points z: (w, c) with w . z + c > 0 on the True side."""
+    clf = LinearSVC(C=1.0, max_iter=100_000).fit(z, label)
+    return clf.coef_[0], float(clf.intercept_[0]), clf
+
+
+def _standardise(x, y):
     xy = np.column_stack([x, y]).astype(float)
     mu, sd = xy.mean(0), xy.std(0)
     sd[sd == 0] = 1.0
-    clf = LinearSVC(C=1.0, max_iter=100_000).fit((xy - mu) / sd, label)
-    w = clf.coef_[0] / sd
-    c = float(clf.intercept_[0] - (clf.coef_[0] * mu / sd).sum())
-    return (float(w[0]), float(w[1]), c), float(clf.score((xy - mu) / sd, label))
+    return (xy - mu) / sd, mu, sd
+
+
+def separating_line(x, y, label):
+    """Linear SVM (scikit-learn LinearSVC on standardised x, y) between points with label True and False.
+    Returns ((a, b, c), training accuracy) with the line a*x + b*y + c = 0 in the original coordinates,
+    a*x + b*y + c > 0 on the True side; None when one class is empty."""
+    label = np.asarray(label, bool)
+    if label.all() or not label.any():
+        return None
+    z, mu, sd = _standardise(x, y)
+    w, c, clf = _svm(z, label)
+    return (float(w[0] / sd[0]), float(w[1] / sd[1]), c - float((w * mu / sd).sum())), float(clf.score(z, label))
+
+
+MIN_BAND_POINTS = 30  # fewer subsets (a toy run): no confidence band, the bootstrap would mean nothing
+
+
+def line_band(x, y, label, level=0.95, n_boot=1000, points=60, seed=0):
+    """Pointwise `level` confidence band of separating_line's line (figure 6.1's dashed lines), by the bootstrap:
+    the SVM refitted on n_boot resamples (with replacement) of the points; at each of `points` positions spanning
+    the data along the axis the fitted line is a function of (x when it is closer to horizontal in standardised
+    units, else y), the (1 - level) / 2 and (1 + level) / 2 quantiles of the refitted lines' other coordinate.
+    Returns {"axis": "x" or "y", "t": positions, "lo", "hi", "level", "n_boot"}; None when one class is empty or
+    there are fewer than MIN_BAND_POINTS points."""
+    label = np.asarray(label, bool)
+    if label.all() or not label.any() or len(label) < MIN_BAND_POINTS:
+        return None
+    z, mu, sd = _standardise(x, y)
+    w, _c, _ = _svm(z, label)
+    along = 0 if abs(w[1]) >= abs(w[0]) else 1  # the line as a function of standardised x (0) or y (1)
+    t = np.linspace(z[:, along].min(), z[:, along].max(), points)
+    rng = np.random.default_rng(seed)
+    other = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(z), len(z))
+        if label[i].all() or not label[i].any():
+            continue
+        wb, cb, _ = _svm(z[i], label[i])
+        if wb[1 - along] != 0:
+            other.append(-(cb + wb[along] * t) / wb[1 - along])
+    lo, hi = np.quantile(np.array(other), [(1 - level) / 2, (1 + level) / 2], axis=0)
+    unstd = lambda v, k: v * sd[k] + mu[k]
+    return {"axis": "xy"[along], "t": unstd(t, along), "lo": unstd(lo, 1 - along), "hi": unstd(hi, 1 - along),
+            "level": level, "n_boot": len(other)}
 
 
 def tails(ensemble_accuracy, fraction=0.05):
@@ -147,11 +188,19 @@ def plot(groups, path):
         if g["svm"] is not None:
             (a, b, c), _acc = g["svm"]
             xs = np.linspace(*lims[0], 50)
-            for offset, style in [(0, "-"), (1, "--"), (-1, "--")]:  # a x + b y + c = offset
+            for offset, style, color, name in [(0, "-", "black", "separating line (linear SVM, better / worse half)"),
+                                               (1, ":", "grey", "SVM margins (an extra, not in the thesis)"),
+                                               (-1, ":", "grey", None)]:  # a x + b y + c = offset
                 if abs(b) > 1e-12:
-                    ax.plot(xs, (offset - c - a * xs) / b, style, color="black", lw=1)
+                    ax.plot(xs, (offset - c - a * xs) / b, style, color=color, lw=1, label=name)
                 else:
-                    ax.axvline((offset - c) / a, ls=style, color="black", lw=1)
+                    ax.axvline((offset - c) / a, ls=style, color=color, lw=1, label=name)
+        band = g.get("band")
+        if band is not None:
+            name = f"{100 * band['level']:g} % confidence interval of the line (bootstrap)"
+            for k, edge in enumerate((band["lo"], band["hi"])):
+                xy = (band["t"], edge) if band["axis"] == "x" else (edge, band["t"])
+                ax.plot(*xy, "--", color="black", lw=1, label=name if k == 0 else None)
         ax.set_xlim(*lims[0])
         ax.set_ylim(*lims[1])
         ax.set_title(f"{label}: {len(e)} subsets of {g['size']}", fontsize=9)
@@ -177,8 +226,10 @@ def table(groups):
 
 
 def analyze(run_dirs, out, size=5, fix_first="auto", group_by=("method",), fraction=0.05, max_subsets=10 ** 6,
-            prefix="subsets", log=print):
-    """Every subset of every run under `run_dirs`; writes the files and returns the markdown section."""
+            prefix="subsets", log=print, level=0.95, n_boot=1000):
+    """Every subset of every run under `run_dirs` (the runs of one group pooled: pass one run per method for the
+    thesis' figure 6.1); writes the files and returns the markdown section. level, n_boot: the confidence band of
+    the separating line (line_band)."""
     check(size >= 2, f"--size must be at least 2 (diversity needs a pair), got {size}")
     rows, groups, seconds = [], {}, 0.0
     for d in find_runs(run_dirs):
@@ -210,13 +261,16 @@ def analyze(run_dirs, out, size=5, fix_first="auto", group_by=("method",), fract
         g["better"] = better_half(g["ensemble_accuracy"])
         g["worst"], g["best"] = tails(g["ensemble_accuracy"], fraction)
         g["svm"] = separating_line(g["avg_accuracy"], g["diversity"], g["better"])
+        g["band"] = line_band(g["avg_accuracy"], g["diversity"], g["better"], level, n_boot)
         tail = dict.fromkeys(g["worst"].tolist(), "worst") | dict.fromkeys(g["best"].tolist(), "best")
         for k, r in enumerate(r for r in rows if r["group"] == label):  # the order of the group's arrays
             r["better_half"], r["tail"] = bool(g["better"][k]), tail.get(k, "")
         e = g["ensemble_accuracy"]
         summary[label] = {"runs": g["runs"], "member_1_always_in": g["first"], "subsets": n, "size": size,
                           "ensemble_accuracy": {"min": e.min(), "mean": e.mean(), "max": e.max()},
-                          "svm": None if g["svm"] is None else {"line_a_b_c": g["svm"][0], "accuracy": g["svm"][1]}}
+                          "svm": None if g["svm"] is None else {"line_a_b_c": g["svm"][0], "accuracy": g["svm"][1]},
+                          "band": None if g["band"] is None else
+                          {k: np.asarray(v).tolist() for k, v in g["band"].items()}}
     os.makedirs(out, exist_ok=True)
     write_csv(os.path.join(out, f"{prefix}.csv"), rows, SUBSET_COLUMNS)
     save_json(os.path.join(out, f"{prefix}.json"), {"groups": summary, "seconds": seconds, "fraction": fraction})
@@ -224,9 +278,13 @@ def analyze(run_dirs, out, size=5, fix_first="auto", group_by=("method",), fract
     svm = "; ".join(f"{label}: {100 * g['svm'][1]:.1f} % of the subsets on their half's side" for label, g in
                     groups.items() if g["svm"] is not None)
     counts = ", ".join(f"{k}: {v['subsets']} from {len(v['runs'])} run(s)" for k, v in summary.items())
+    band = f"dashed: its pointwise {100 * level:g} % confidence interval ({n_boot} bootstrap refits; the thesis' " \
+           f"dashed lines)" if any(g["band"] is not None for g in groups.values()) else \
+           f"no confidence interval (fewer than {MIN_BAND_POINTS} subsets)"
     return (f"All subsets of {size} members ({counts}), "
-            f"computed in {seconds:.2f} s. Linear SVM between the better and worse halves by ensemble accuracy: "
-            f"{svm or 'not defined (one half is empty)'}. Data: [{prefix}.csv]({prefix}.csv).\n\n"
+            f"computed in {seconds:.2f} s. Separating line between the better and worse halves by ensemble accuracy "
+            f"(linear SVM; solid): {svm or 'not defined (one half is empty)'}; {band}; dotted: the SVM margins (an "
+            f"extra). Data: [{prefix}.csv]({prefix}.csv).\n\n"
             f"![average accuracy against diversity, coloured by ensemble accuracy (figure 6.1)]({prefix}.png)\n\n"
             f"Worst and best {100 * fraction:g} % of the subsets by ensemble accuracy (table 6.1; mean ± std over the "
             f"subsets):\n\n{table(groups)}\n")

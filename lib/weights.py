@@ -3,19 +3,28 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from .models import STAGE_MODULES, build_model
+from .models import RESNET_STAGE_MODULES, arch_stages, meta_model
 
-REPR_STAGES = ["stage2", "stage3", "stage4", "stage5", "avgpool"]
+REPR_STAGES = ["stage2", "stage3", "stage4", "stage5", "avgpool"]  # ResNets'; any arch: repr_stages(arch)
 # The AvgPool layer has no weights: the thesis' "AvgPool layer weights" are read here as those of fc, the linear
-# layer that reads the AvgPool output.
-WEIGHT_MODULES = {**{s: STAGE_MODULES[s] for s in REPR_STAGES[:4]}, "avgpool": ["fc"]}
+# layer that reads the AvgPool output. Every model: the pool stage's weights are the parameters from its last stage
+# to the logits (final norms, the head).
+WEIGHT_MODULES = {**{s: RESNET_STAGE_MODULES[s] for s in REPR_STAGES[:4]}, "avgpool": ["fc"]}
 
 
-def parameter_keys(arch, num_classes):
-    """{stage: its parameter names} for REPR_STAGES, and 'all': every parameter. BatchNorm running statistics are
-    buffers, not weights, and are left out."""
-    names = [n for n, _ in build_model(arch, num_classes).named_parameters()]
-    keys = {s: [n for n in names if n.split(".")[0] in mods] for s, mods in WEIGHT_MODULES.items()}
+def repr_stages(arch):
+    """The stages the representation analysis compares for `arch`: stage2..stageK and its pool (ResNets: avgpool)."""
+    return arch_stages(arch).feature_layers
+
+
+def parameter_keys(arch, num_classes, image_size=None):
+    """{stage: its parameter names} for repr_stages(arch) (the pool stage: every parameter from the last stage to the
+    logits), and 'all': every parameter. BatchNorm running statistics are buffers, not weights, and are left out."""
+    model = meta_model(arch, num_classes, image_size)
+    smap = arch_stages(arch)
+    names = [n for n, _ in model.named_parameters()]
+    keys = {s: [n for n in names if smap.part_of(n) == s or (s == smap.pool and smap.part_of(n) == smap.head)]
+            for s in smap.feature_layers}
     keys["all"] = names
     return keys
 

@@ -18,19 +18,21 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.errors import cli_main, interrupt_quietly  # noqa: E402
+interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
 from lib.cli import runs_parser  # noqa: E402
-from lib.errors import cli_main  # noqa: E402
 from lib.representations import analyze  # noqa: E402
 from lib.runs import atomic_write  # noqa: E402
-from lib.weights import REPR_STAGES  # noqa: E402
 
 
 def build_parser():
     p = runs_parser(__doc__, out="runs/analysis")
     p.add_argument("--n_points", type=int, default=256, help="first N test images (the thesis' batch: 256)")
-    p.add_argument("--stages", nargs="+", default=REPR_STAGES, choices=REPR_STAGES)
-    p.add_argument("--color_by", choices=["auto", "member", "group", "run"], default="auto",
-                   help="auto: member index for one group of runs, else group")
+    p.add_argument("--stages", nargs="+", default=None,
+                   help="stage2..stageK and pool (ResNets: avgpool) of the runs' arch (--list_stages); default: all")
+    p.add_argument("--color_by", choices=["auto", "member", "group", "run", "regime"], default="auto",
+                   help="auto: member index for one group of runs, more local / optimal / semi-local (regime, "
+                        "figure 4.5) for several cycle settings, else group")
     p.add_argument("--data_dir", default=None, help="cifar100: the folder holding cifar-100-python/ (default: the run's)")
     p.add_argument("--batch_size", type=int, default=None, help="forward batch (default: the run's eval_batch_size)")
     p.add_argument("--cpu", action="store_true", help="use the CPU even if a GPU is present")

@@ -1,8 +1,11 @@
 """SSE, transfer-learning variant (Sadrtdinov et al. 2023): phase I fine-tunes model 1 with the optimal single-model
 schedule; the same trajectory then continues for M-1 cosine cycles restarted at --cycle_lr; a snapshot at each
 cycle's end. Ensemble = {model 1, snapshots 2..M}.
+--standard: Standard SSE (Huang et al.'s snapshot ensembles from the pre-trained checkpoint, thesis figure 2.2):
+every cycle, the first included, has the cycle schedule (--cycle_lr over --cycle_epochs); no phase I.
 
     python scripts/sse.py --cpu                                  # embedded default (digits, CPU)
+    python scripts/sse.py --cpu --standard                       # Standard SSE
     accelerate launch scripts/sse.py --dataset cifar100 --data_dir data --pretrained byol-1000ep-1.pt \\
         --members 5 --cycle_lr 0.1 --cycle_epochs 12             # the paper's setup (87.11 +- 0.06 % in the thesis)
 """
@@ -10,17 +13,22 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.errors import cli_main, interrupt_quietly  # noqa: E402
+interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
 from lib.cli import base_parser, parse  # noqa: E402
-from lib.errors import cli_main  # noqa: E402
 from lib.experiment import Experiment  # noqa: E402
 
 
 @cli_main
 def main():
-    cfg = parse(base_parser(__doc__), "SSE")
+    parser = base_parser(__doc__)
+    parser.add_argument("--standard", action="store_true",
+                        help="Standard SSE: the first cycle too has the cycle schedule (no phase I)")
+    cfg = parse(parser, lambda a: "Standard SSE" if a.standard else "SSE")
     exp = Experiment(cfg)
 
-    w = exp.finetune(1)                       # phase I: model 1 (cached, shared with StarSSE and Local DE)
+    # phase I: model 1 (cached, shared with StarSSE and Local DE); Standard SSE: a first cycle like every other
+    w = exp.finetune(1, first_cycle=cfg.standard)
     for i in range(2, cfg.members + 1):
         w = exp.cycle(i, init=w)              # continue the same trajectory: cycle i starts where i-1 ended
     exp.finish()

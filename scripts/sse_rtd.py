@@ -18,8 +18,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.errors import cli_main, interrupt_quietly  # noqa: E402
+interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
 from lib.cli import base_parser, parse  # noqa: E402
-from lib.errors import cli_main  # noqa: E402
 from lib.experiment import Experiment  # noqa: E402
 from lib.losses import FeatureSimilarity, parse_layers  # noqa: E402
 
@@ -36,9 +37,15 @@ def main():
     g.add_argument("--layers", nargs="+", default=["avgpool"],
                    help="any of stage2 stage3 stage4 stage5 avgpool, each optionally name:weight (default avgpool)")
     g.add_argument("--star", action="store_true", help="StarSSE-RTD / StarSSE-MSE: every cycle starts from model 1")
+    g.add_argument("--reference", choices=["model1", "pretrained"], default="model1",
+                   help="the representations to stay close to: model 1's (thesis) or the pre-trained checkpoint's "
+                        "(thesis section 4's alternative); cycles 2..M only")
     g.add_argument("--rtd_card", type=int, default=50, help="most persistent H1 bars kept per direction")
     g.add_argument("--rtd_variant", choices=["rtd-ae", "exact"], default="rtd-ae")
     g.add_argument("--rtd_normalize", choices=["sqrt_dim", "quantile", "none"], default="sqrt_dim")
+    g.add_argument("--rtd_overlap", choices=["auto", "on", "off"], default="auto",
+                   help="compute the barcodes in worker processes while the cross-entropy's backward runs, then add "
+                        "the RTD term's backward (auto: on CUDA); the same loss and gradients as off")
     cfg = parse(p, lambda a: ("StarSSE-" if a.star else "SSE-") + a.similarity.upper(),
                 defaults=lambda a: {"alpha": THESIS_ALPHA[(a.similarity, a.star)]})
     layers = parse_layers(cfg.layers)
@@ -47,7 +54,9 @@ def main():
     exp = Experiment(cfg)
 
     w1 = exp.finetune(1)                                   # phase I: model 1 (cached, shared with the core runs)
-    reg.set_reference(exp.model(w1), exp.accelerator.device)  # one frozen copy of model 1, in eval mode
+    reference = exp.model(w1) if cfg.reference == "model1" else exp.pretrained_model()
+    overlap = cfg.rtd_overlap == "on" or (cfg.rtd_overlap == "auto" and exp.accelerator.device.type == "cuda")
+    reg.set_reference(reference, exp.accelerator.device, overlap)  # one frozen copy, in eval mode
     w = w1
     for i in range(2, cfg.members + 1):
         w = exp.cycle(i, init=w1 if cfg.star else w,        # SSE continues its trajectory; --star restarts from w1

@@ -5,53 +5,36 @@
 
 <out>/index.md embeds every PNG, section by section (a section without qualifying runs says which sweep makes them):
   1 results          tables 4.1, 5.x, 6.3, 6.4: every method, one row per setting of the config keys that vary
-                     among its runs (mean ± std over runs); figure 4.4 (member accuracy by index, ensemble by size)
+                     among its runs and per ensemble size (mean ± std over runs; a run found twice counts once;
+                     --select_by marks one setting per method); figure 4.4 (member accuracy by index, ensemble by size)
   2 representations  figures 4.2, 4.3, 4.5 for each of --methods (SSE, StarSSE): by member index for one setting,
-                     by setting for a grid (local / optimal / semi-local); cached per member in <run>/analysis/
-  3 diversity        table 6.2 (the first --matrices runs of the largest StarSSE setting), figures 6.2, 6.4
-  4 subsets          figure 6.1, table 6.1: runs with more members than --subset_size (StarSSE keeps member 1)
+                     by more local / optimal / semi-local setting for a grid; cached per member in <run>/analysis/
+  3 diversity        table 6.2 and figure 6.4 (StarSSE runs of the thesis' optimal setting), figure 6.2 and the
+                     correlation over the 10 pairs of each 5-member run (other sizes apart)
+  4 subsets          figure 6.1, table 6.1: one run per method with more members than --subset_size (StarSSE keeps
+                     member 1; the thesis' optimal setting first)
 The other files are those of scripts/report.py, analyze_representations.py, diversity_structure.py and subsets.py.
 """
 import argparse
-import json
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from lib.errors import check, cli_main, interrupt_quietly  # noqa: E402
+interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
 from lib import diversity, representations, subsets  # noqa: E402
 from lib.cli import Parser  # noqa: E402
-from lib.errors import check, cli_main  # noqa: E402
 from lib.methods import directory  # noqa: E402
-from lib.report import markdown_table, plot_curves, runs_csv, summarize_groups  # noqa: E402
-from lib.runs import LATER_ARGS, NON_RESULT_ARGS, atomic_write, find_runs, load_json, run_label  # noqa: E402
-from lib.weights import REPR_STAGES  # noqa: E402
+from lib.report import add_table_args, collect, plot_curves, regime, results_table, runs_csv  # noqa: E402
+from lib.runs import atomic_write  # noqa: E402
 
 SECTIONS = ["results", "representations", "diversity", "subsets"]
-NOT_SETTINGS = NON_RESULT_ARGS | {"seed", "pretrained", "method"}  # repetitions (seed, checkpoint), not settings
 MAX_CURVES = 12
 
 
-def settings(run_dirs):
-    """{run_dir: (config, group_by)}: a method's runs are grouped by method and the config keys that vary among
-    them (its swept hyper-parameters; a key a run predates counts with the value that reproduces it)."""
-    by_method = {}
-    for d in run_dirs:
-        cfg = load_json(os.path.join(d, "config.json"))
-        by_method.setdefault(cfg.get("method"), []).append((d, cfg))
-    out = {}
-    for items in by_method.values():
-        keys = set().union(*(c for _, c in items)) - NOT_SETTINGS
-        varying = sorted(k for k in keys if len({json.dumps(c.get(k, LATER_ARGS.get(k)), sort_keys=True)
-                                                  for _, c in items}) > 1)
-        out.update({d: (c, ("method", *varying)) for d, c in items})
-    return out
-
-
-def results(runs, out):
-    table_runs = [(run_label(cfg, gb), d, cfg, load_json(os.path.join(d, "metrics.json"))) for d, (cfg, gb) in runs.items()]
-    summary = summarize_groups(table_runs)
-    runs_csv(os.path.join(out, "runs.csv"), table_runs)
+def results(col, summary, table, out):
+    runs_csv(os.path.join(out, "runs.csv"), col.runs)
     curves = summary if len(summary) <= MAX_CURVES else \
         ({k: v for k, v in summary.items() if "=" not in k} or dict(list(summary.items())[:MAX_CURVES]))
     atomic_write(os.path.join(out, "ensemble_by_size.png"),
@@ -59,9 +42,19 @@ def results(runs, out):
     atomic_write(os.path.join(out, "member_accuracy.png"),
                  lambda tmp: plot_curves(curves, "member_acc", "member test accuracy (%)", tmp))
     shown = "" if curves is summary else f" (curves: the {len(curves)} groups without a swept setting)"
-    return (f"{markdown_table(summary)}\n\nData: [runs.csv](runs.csv). Member accuracy by index and ensemble "
+    return (f"{table}\n\nData: [runs.csv](runs.csv). Member accuracy by index and ensemble "
             f"accuracy by size (figure 4.4){shown}:\n\n![member accuracy by index](member_accuracy.png)\n"
             f"![ensemble accuracy by size](ensemble_by_size.png)\n")
+
+
+def one_run_per_method(runs):
+    """{method: run dir} for figure 6.1 / table 6.1, which show one run per method as the thesis (3,003 subsets of a
+    15-member Local DE, not several runs pooled): the thesis' optimal cycle setting first, then run-directory order.
+    runs: {run dir: config}."""
+    out = {}
+    for d, c in sorted(runs.items(), key=lambda item: (regime(item[1]) not in ("optimal", None), item[0])):
+        out.setdefault(c.get("method"), d)
+    return out
 
 
 def build_parser():
@@ -72,13 +65,14 @@ def build_parser():
     p.add_argument("--methods", nargs="+", default=["SSE", "StarSSE"],
                    help="methods analysed in sections 2 and 3 (the thesis: SSE and StarSSE)")
     p.add_argument("--n_points", type=int, default=256, help="test images for the representations")
-    p.add_argument("--data_dir", default=None, help="cifar100: the folder holding cifar-100-python/ (default: the run's)")
+    p.add_argument("--data_dir", default=None,
+                   help="cifar100: the folder holding cifar-100-python/ (default: the run's)")
     p.add_argument("--cpu", action="store_true", help="representations on the CPU even if a GPU is present")
     p.add_argument("--matrices", type=int, default=2, help="table 6.2 for this many StarSSE runs")
     p.add_argument("--rows", type=int, default=4, help="figure 6.4: this many runs")
     p.add_argument("--subset_size", type=int, default=5, help="figure 6.1 / table 6.1: ensembles of this size")
     p.add_argument("--skip", nargs="+", default=[], choices=SECTIONS, help="sections to leave out")
-    return p
+    return add_table_args(p)
 
 
 @cli_main
@@ -86,10 +80,13 @@ def main():
     a = build_parser().parse_args()
     for r in a.roots:
         check(os.path.isdir(r), f"not a directory: {r}")
-    runs = settings(find_runs(a.roots))
+    col = collect(a.roots)  # one row per setting and size; duplicates dropped (every section uses the runs kept)
+    summary, table = results_table(col, a.select_by, a.ood_column)  # bad --select_by / --ood_column: before writing
+    runs = {d: (cfg, col.keys[d]) for _l, d, cfg, _m in col.runs}
     os.makedirs(a.out, exist_ok=True)
-    parts = [f"# {a.title}\n\nFrom {len(runs)} runs under {', '.join(a.roots)}. Accuracy and diversity in %, "
-             f"mean ± std over runs (ddof=1) unless said otherwise.\n"]
+    dropped = f" ({len(col.dropped)} duplicate run(s) dropped)" if col.dropped else ""
+    parts = [f"# {a.title}\n\nFrom {len(runs)} runs under {', '.join(a.roots)}{dropped}. Accuracy and diversity in "
+             f"%, mean ± std over runs (ddof=1) unless said otherwise.\n"]
     t0 = time.time()
 
     def section(name, heading, fn):
@@ -99,7 +96,8 @@ def main():
         parts.append(f"## {heading}\n\n{fn()}")
         print(f"== {name}: {time.time() - t:.1f} s", flush=True)
 
-    section("results", "1. Results (tables 4.1, 5.x, 6.3, 6.4; figure 4.4)", lambda: results(runs, a.out))
+    section("results", "1. Results (tables 4.1, 5.x, 6.3, 6.4; figure 4.4)",
+            lambda: results(col, summary, table, a.out))
     chosen = {m: {d: gb for d, (c, gb) in runs.items() if c.get("method") == m} for m in a.methods}
 
     def representation_section():
@@ -108,10 +106,14 @@ def main():
             if not method_runs:
                 text.append(f"### {method}\n\nNo {method} run (sweeps/cifar100_core.sh, cifar100_cycle_grid.sh).\n")
                 continue
-            gb = next(iter(method_runs.values()))
+            # the thesis' 5-member ensembles (else the most common size): a 15-member run is no setting of the grid
+            size = diversity.headline_size(runs[d][0].get("members") or 1 for d in method_runs)
+            same = [d for d in method_runs if (runs[d][0].get("members") or 1) == size]
+            left = f"({len(method_runs) - len(same)} run(s) of another size left out.)\n" \
+                if len(same) < len(method_runs) else ""
             text.append(f"### {method}\n\n" + representations.analyze(
-                list(method_runs), a.out, a.n_points, REPR_STAGES, gb, "auto", a.data_dir, "cpu" if a.cpu else None,
-                prefix=f"representations_{directory(method)}"))
+                same, a.out, a.n_points, None, runs[same[0]][1], "auto", a.data_dir, "cpu" if a.cpu else None,
+                prefix=f"representations_{directory(method)}") + left)
         return "\n".join(text)
     section("representations", "2. Internal representations (figures 4.2, 4.3, 4.5)", representation_section)
 
@@ -119,21 +121,20 @@ def main():
         pool = [d for m in chosen.values() for d in m if runs[d][0].get("members", 1) >= 2]
         if not pool:
             return f"No {' or '.join(a.methods)} run with 2 members or more.\n"
-        star = {}
-        for d in chosen.get("StarSSE", {}):
-            star.setdefault(run_label(*runs[d]), []).append(d)
-        largest = max(star.values(), key=len) if star else pool
         keys = sorted({k for d in pool for k in runs[d][1][1:]})
-        return diversity.analyze(pool, a.out, ("method", *keys), a.matrices, a.rows,
-                                           matrix_runs=largest[:a.matrices], row_runs=largest[:a.rows])
+        return diversity.analyze(pool, a.out, ("method", *keys), a.matrices, a.rows)
     section("diversity", "3. Diversity structure (table 6.2, figures 6.2, 6.4)", diversity_section)
 
     def subset_section():
-        big = [d for d, (c, _gb) in runs.items() if c.get("members", 1) > a.subset_size]
+        big = {d: c for d, (c, _gb) in runs.items() if c.get("members", 1) > a.subset_size}
         if not big:
             return (f"No run with more than {a.subset_size} members: sweeps/cifar100_analysis.sh trains the "
                     f"15-member StarSSE and Local DE runs.\n")
-        return subsets.analyze(big, a.out, a.subset_size)
+        one = one_run_per_method(big)
+        left = len(big) - len(one)
+        note = f"One run per method, as the thesis; {left} other large run(s) left out (scripts/subsets.py " \
+               f"takes any).\n\n" if left else ""
+        return note + subsets.analyze(sorted(one.values()), a.out, a.subset_size)
     section("subsets", "4. Ensemble subsets (figure 6.1, table 6.1)", subset_section)
 
     index = "\n".join(parts)

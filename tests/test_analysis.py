@@ -253,24 +253,31 @@ def _script(name):
 def test_analysis_sweep_commands_parse(tmp_path):
     for i in range(1, 6):
         (tmp_path / f"byol-1000ep-{i}.pt").write_bytes(b"")
-    env = dict(os.environ, LAUNCH="echo", PY="echo", DATA=str(tmp_path), CKPT_DIR=str(tmp_path), OUT=str(tmp_path / "o"))
+    env = dict(os.environ, RUNNER="print", PY="python", DATA=str(tmp_path), CKPT_DIR=str(tmp_path),
+               OUT=str(tmp_path / "o"))
     r = subprocess.run(["bash", os.path.join(REPO, "sweeps", "cifar100_analysis.sh")], capture_output=True, text=True,
                        env=env, timeout=60)
     assert r.returncode == 0, r.stderr
-    commands = [shlex.split(line) for line in r.stdout.splitlines() if line.startswith("scripts/")]
-    training = [c for c in commands if c[0] in ("scripts/starsse.py", "scripts/finetune.py")]
-    assert len(training) == 4  # StarSSE and Local DE from each of the 2 checkpoints
+    stages = [line.split()[3].rstrip(":") for line in r.stdout.splitlines() if line.startswith("# stage ")]
+    assert stages == ["phase1", "methods", "analyses", "report"]
+    commands = [shlex.split(line) for line in r.stdout.splitlines() if not line.startswith("#")]
+    commands = [c[c.index(next(a for a in c if a.startswith("scripts/"))):] for c in commands]  # after the launcher
+    training = [c for c in commands if c[0] in ("scripts/starsse.py", "scripts/finetune.py") and "--members" in c]
+    assert sorted(c[0] for c in training) == ["scripts/finetune.py", "scripts/starsse.py"]  # one run per method
     for cmd in training:
         args = parse(cmd[1:], cmd[0])
         assert args.members == 15 and args.dataset == "cifar100" and args.epochs == 25 and args.lr == 0.05
-    analyses = [c for c in commands if c not in training]
+        assert args.pretrained == [str(tmp_path / "byol-1000ep-1.pt")] and args.seed == 0 and args.val_split == 0.1
+    starsse = parse(training[0][1:] if training[0][0].endswith("starsse.py") else training[1][1:], "scripts/starsse.py")
+    assert (starsse.cycle_lr, starsse.cycle_epochs) == (0.1, 12)  # the thesis' optimal setting
+    analyses = [c for c in commands if c not in training and not c[0].endswith("finetune.py")]
     assert {c[0] for c in analyses} == {"scripts/subsets.py", "scripts/analyze_representations.py",
                                         "scripts/diversity_structure.py", "scripts/thesis_report.py"}
     for cmd in analyses:
-        if cmd[0].endswith("thesis_report.py"):  # echo drops the quotes of --title
-            cmd = cmd[:cmd.index("--title")]
         args = _script(os.path.basename(cmd[0])[:-3]).build_parser().parse_args(cmd[1:])
         assert getattr(args, "size", 5) == 5 and getattr(args, "data_dir", str(tmp_path)) == str(tmp_path)
+    # the diversity structure of the optimal StarSSE runs (cycle lr 0.1, 12 epochs: the core runs)
+    assert [c[1:-2] for c in analyses if c[0].endswith("diversity_structure.py")] == [[str(tmp_path / "o" / "starsse")]]
 
 
 @pytest.mark.parametrize("script,args,message", [

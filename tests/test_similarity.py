@@ -86,3 +86,59 @@ def test_bad_regulariser_input(tmp_path, cache_dir):
         r = run_script("sse_rtd.py", "--cpu", "--cache_dir", cache_dir, "--output_dir", tmp_path / "o", *flags)
         assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {r.stderr.strip()[7:]}"]
         assert msg in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_reference_pretrained_regularises_towards_the_checkpoint(tmp_path, tiny, cache_dir):
+    """--reference pretrained: the frozen reference of cycles 2..M holds the pre-trained checkpoint's backbone (thesis
+    section 4's alternative), not model 1's."""
+    from lib.cli import base_parser, parse
+    from lib.experiment import Experiment
+    from lib.models import read_checkpoint
+    flags = [*map(str, tiny), "--members", "2", "--output_dir", str(tmp_path / "r")]
+    exp = Experiment(parse(base_parser("t"), "SSE-MSE", argv=flags))
+    w1 = exp.finetune(1)
+    ref = exp.pretrained_model().state_dict()
+    ckpt = read_checkpoint(exp.checkpoints[0])
+    assert all(torch.equal(ref[k], v) for k, v in ckpt.items())
+    assert not torch.equal(ref["layer4.0.conv1.weight"], w1["layer4.0.conv1.weight"])
+    r = run_script("sse_rtd.py", *tiny, "--similarity", "mse", "--reference", "pretrained", "--members", "2",
+                   "--output_dir", tmp_path / "s")
+    assert r.returncode == 0, r.stderr
+    assert load_json(tmp_path / "s" / "config.json")["reference"] == "pretrained"
+    m = run_script("sse_rtd.py", *tiny, "--similarity", "mse", "--members", "2", "--output_dir", tmp_path / "m")
+    assert m.returncode == 0, m.stderr
+    a, b = (load_weights(tmp_path / d / "member_2.safetensors") for d in ("s", "m"))
+    assert not torch.equal(a["fc.weight"], b["fc.weight"])  # a different regulariser, a different cycle
+
+
+def test_overlapped_rtd_step_equals_the_sequential_one(tmp_path):
+    """--rtd_overlap: the barcodes are computed in worker processes while the CE backward runs, and the RTD term's
+    backward is added after; the step gives the same loss and the same weights as the sequential one (exact RTD)."""
+    import copy
+
+    import numpy as np
+    from torch.utils.data import TensorDataset
+    from lib.train import LoopSettings, fit, make_accelerator
+    torch.manual_seed(0)
+    model = build_model("resnet_mini", 10)
+    data = TensorDataset(torch.randn(96, 3, 16, 16), torch.randint(0, 10, (96,)))  # 96 points: the workers' path
+    acc, loop, layers = make_accelerator(cpu=True), LoopSettings(batch_size=96, quiet=True), {"stage4": 0.5, "avgpool": 1.0}
+    current = copy.deepcopy(model)
+    with torch.no_grad():  # the current model: model 1 moved a little, as in a cycle
+        for p in current.parameters():
+            p.mul_(1 + 0.05 * torch.randn_like(p))
+    results = {}
+    for overlap in (False, True):
+        reg = FeatureSimilarity("rtd", 0.7, layers, rtd_variant="exact", rtd_normalize="quantile")
+        reg.set_reference(model, "cpu", overlap=overlap)
+        m = copy.deepcopy(current)
+        trained, history, _ = fit(acc, m, data, loop, np.array([0.1]), 1, seed=0,  # one step: the same barcodes
+                                  resume_path=str(tmp_path / f"{overlap}.pt"), loss_terms={"rtd": reg},
+                                  taps=list(layers))
+        results[overlap] = (history, trained.state_dict())
+    (h0, w0), (h1, w1) = results[False], results[True]
+    assert [h["rtd"] for h in h0] == pytest.approx([h["rtd"] for h in h1], rel=1e-5) and h0[0]["rtd"] > 0
+    assert [h["loss"] for h in h0] == pytest.approx([h["loss"] for h in h1], rel=1e-5)
+    for k in w0:  # gradients summed in two backward passes instead of one: float32 rounding (~1e-5 of a gradient)
+        assert torch.allclose(w0[k].float(), w1[k].float(), atol=1e-5), k
+    assert not torch.equal(w0["conv1.weight"], current.state_dict()["conv1.weight"])
