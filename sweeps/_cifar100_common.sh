@@ -2,19 +2,41 @@
 # phase I 25 epochs, lr 0.05, weight decay 1e-4, SGD momentum 0.9, batch 256, 224 px reference augmentation;
 # 5 members; cycles of 12 epochs at lr 0.1 (thesis optimum for SSE and StarSSE).
 #
-#   DATA=/data/cifar CKPT_DIR=/ckpts bash sweeps/cifar100_core.sh
+#   DATA=/data/cifar CKPT_DIR=/ckpts bash sweeps/cifar100_core.sh                       # here, one run after another
+#   DATA=/data/cifar CKPT_DIR=/ckpts RUNNER=slurm SBATCH_ARGS="-p gpu --gres=gpu:1 -c 8 --mem=64G -t 24:00:00" \
+#       bash sweeps/cifar100_core.sh                                                     # one job array per stage
 # DATA: folder holding cifar-100-python/. CKPT_DIR: the BYOL checkpoints byol-1000ep-{1..5}.pt of the paper.
 # LAUNCH: how to start a script (default: accelerate launch with the single-GPU fp16 config; for several GPUs,
 #   LAUNCH="accelerate launch --config_file accelerate_configs/multi_gpu_fp16.yaml --num_processes 8").
+# PRECISION: fp16 (default, as the launch config) or no (fp32, as the reference code trained), bf16.
+# VAL_SPLIT: 0.1 (default) holds out 5,000 training images (stratified, the same for every run) as validation data,
+#   like the reference code's use_test=False: the grids' settings are chosen on it (report.py --select_by val), never
+#   on the test set. Every CIFAR-100 sweep uses the same split, so phase I of a checkpoint x seed is shared by all of
+#   them. VAL_SPLIT=none trains on all 50,000 images (the thesis' tables).
+# CACHE: the phase-I cache (on a shared file system for RUNNER=slurm). Runner settings: sweeps/_runner.sh.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source sweeps/_runner.sh
 DATA=${DATA:?set DATA to the folder holding cifar-100-python/}
 CKPT_DIR=${CKPT_DIR:-checkpoints}
 OUT=${OUT:-runs/cifar100}
+CACHE=${CACHE:-runs/cache}
 LAUNCH=${LAUNCH:-accelerate launch -q --config_file accelerate_configs/single_gpu_fp16.yaml}
 SEEDS=${SEEDS:-"0 1 2"}                 # 3 seeds ...
 CKPTS=${CKPTS:-"1 2"}                   # ... x 2 checkpoints = 6 runs per method, as in the thesis
 PY=${PY:-python}
+PRECISION=${PRECISION:-fp16}
+VAL_SPLIT=${VAL_SPLIT:-0.1}
+case $PRECISION in no|fp16|bf16) ;; *) echo "PRECISION must be no, fp16 or bf16, not '$PRECISION'" >&2; exit 2 ;; esac
 ckpt() { echo "$CKPT_DIR/byol-1000ep-$1.pt"; }
 PHASE1="--dataset cifar100 --data_dir $DATA --epochs 25 --lr 0.05 --weight_decay 1e-4 --momentum 0.9 --batch_size 256"
+PHASE1="$PHASE1 --mixed_precision $PRECISION --cache_dir $CACHE$([ "$VAL_SPLIT" = none ] || echo " --val_split $VAL_SPLIT")"
 CYCLES="--members 5 --cycle_lr 0.1 --cycle_epochs 12"
+SELECT=$([ "$VAL_SPLIT" = none ] || echo "--select_by val")   # report.py: each method's best setting on validation
+
+# Stage 1 of every sweep: phase I of checkpoint $1 with seed $2, a plain fine-tune whose cache entry every method of
+# that checkpoint and seed reuses (so a stage-2 task never waits on another for it).
+phase1() {
+  run $LAUNCH scripts/finetune.py $PHASE1 --pretrained "$(ckpt "$1")" --seed "$2" \
+      --output_dir "$(phase1_dir "$CACHE" "cifar100-ckpt$1-seed$2" $PHASE1)"
+}

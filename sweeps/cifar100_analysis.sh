@@ -1,29 +1,41 @@
 #!/usr/bin/env bash
-# The analyses of thesis sections 4 and 6 and the runs only they need: a 15-member StarSSE and a 15-member Local DE
-# from each checkpoint (seed $SUBSET_SEED; the thesis trains each twice) for the subset study (figure 6.1, table 6.1),
-# then the representation analysis (figures 4.2, 4.3 on the core SSE / StarSSE runs, 4.5 on the cycle grid), the
-# diversity structure (table 6.2, figures 6.2, 6.4) and every table and figure into $OUT/thesis_report/index.md.
+# The analyses of thesis sections 4 and 6 and the runs only they need: one 15-member StarSSE and one 15-member Local
+# DE (checkpoint $SUBSET_CKPT, seed $SUBSET_SEED: one run per method, as the thesis) for the subset study (figure 6.1,
+# table 6.1); then the representation analysis (figures 4.2, 4.3) and the diversity structure (table 6.2, figures
+# 6.2, 6.4) of the StarSSE runs of the thesis' optimal setting (cycle lr 0.1, 12 epochs: the core runs), figure 4.5 on
+# the cycle grid, and every table and figure into $OUT/thesis_report/index.md.
 # Run cifar100_core.sh and cifar100_cycle_grid.sh first (and the other sweeps for their tables). Phase I is shared:
 # members 1..5 of the Local DE come from the cache of the core runs.
 source "$(dirname "$0")/_cifar100_common.sh"
+SUBSET_CKPT=${SUBSET_CKPT:-1}
 SUBSET_SEED=${SUBSET_SEED:-0}
+c=$SUBSET_CKPT s=$SUBSET_SEED
 
-for c in $CKPTS; do
-  $LAUNCH scripts/starsse.py $PHASE1 --members 15 --cycle_lr 0.1 --cycle_epochs 12 --pretrained "$(ckpt "$c")" \
-      --seed "$SUBSET_SEED" --output_dir "$OUT/subsets/starsse15/ckpt$c-seed$SUBSET_SEED"
-  $LAUNCH scripts/finetune.py $PHASE1 --members 15 --pretrained "$(ckpt "$c")" \
-      --seed "$SUBSET_SEED" --output_dir "$OUT/subsets/local_de15/ckpt$c-seed$SUBSET_SEED"
-done
-# every subset of 5: StarSSE keeps member 1 (2 x C(14,4) = 2002), Local DE all (2 x C(15,5) = 6006)
-$PY scripts/subsets.py "$OUT/subsets/starsse15" "$OUT/subsets/local_de15" --size 5 --out "$OUT/report_subsets"
-# member 1 against member i on the first 256 test images (one GPU forward per member, cached in <run>/analysis/)
-$PY scripts/analyze_representations.py "$OUT/sse" --data_dir "$DATA" --out "$OUT/report_representations/sse"
-$PY scripts/analyze_representations.py "$OUT/starsse" --data_dir "$DATA" --out "$OUT/report_representations/starsse"
+stage phase1 "phase I of checkpoint $c, seed $s"
+phase1 "$c" "$s"
+
+stage methods "a 15-member StarSSE and a 15-member Local DE"
+run $LAUNCH scripts/starsse.py $PHASE1 --members 15 --cycle_lr 0.1 --cycle_epochs 12 --pretrained "$(ckpt "$c")" \
+    --seed "$s" --output_dir "$OUT/subsets/starsse15/ckpt$c-seed$s"
+run $LAUNCH scripts/finetune.py $PHASE1 --members 15 --pretrained "$(ckpt "$c")" \
+    --seed "$s" --output_dir "$OUT/subsets/local_de15/ckpt$c-seed$s"
+
+stage analyses "subsets, representations, diversity structure"
+# every subset of 5: StarSSE keeps member 1 (C(14,4) = 1001), Local DE all (C(15,5) = 3003)
+run $PY scripts/subsets.py "$OUT/subsets/starsse15" "$OUT/subsets/local_de15" --size 5 --out "$OUT/report_subsets"
+# member 1 against member i on the first 256 test images (one GPU forward per member, cached in <run>/analysis/), on
+# the SSE and StarSSE runs of the optimal setting (core runs: cycle lr 0.1, 12 epochs)
+run $PY scripts/analyze_representations.py "$OUT/sse" --data_dir "$DATA" --out "$OUT/report_representations/sse"
+run $PY scripts/analyze_representations.py "$OUT/starsse" --data_dir "$DATA" --out "$OUT/report_representations/starsse"
 # figure 4.5: every cycle setting of the grid, coloured by setting (local / optimal / semi-local)
-for algo in sse starsse; do
-  $PY scripts/analyze_representations.py "$OUT"/grid/$algo-lr* --group_by method cycle_lr cycle_epochs \
-      --data_dir "$DATA" --out "$OUT/report_representations/grid_$algo"
+for algo in sse starsse; do  # the folder pattern is expanded when the task runs, after the grid exists
+  run_sh "$(printf '%q ' $PY scripts/analyze_representations.py)$(printf '%q' "$OUT")/grid/$algo-lr* $(printf '%q ' \
+      --group_by method cycle_lr cycle_epochs --data_dir "$DATA" --out "$OUT/report_representations/grid_$algo")"
 done
-$PY scripts/diversity_structure.py "$OUT/grid" "$OUT/starsse" --out "$OUT/report_diversity_structure"
-$PY scripts/thesis_report.py "$OUT" --data_dir "$DATA" --out "$OUT/thesis_report" \
+# table 6.2, figures 6.2 and 6.4: the optimal StarSSE runs
+run $PY scripts/diversity_structure.py "$OUT/starsse" --out "$OUT/report_diversity_structure"
+
+stage report "every table and figure"
+run $PY scripts/thesis_report.py "$OUT" --data_dir "$DATA" --out "$OUT/thesis_report" \
     --title "BYOL ResNet-50 -> CIFAR-100: every table and figure of the thesis"
+finish

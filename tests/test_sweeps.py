@@ -1,4 +1,10 @@
-"""Sweep files: every command they would launch parses with the scripts' flags (dry run with LAUNCH=echo)."""
+"""Sweep files and their runner (sweeps/_runner.sh).
+
+The CIFAR-100 sweeps are listed with RUNNER=print and every command they would launch is parsed with the scripts' own
+flags; stage 1 must train exactly the phase I the methods reuse. The runner itself is checked on small sweeps of
+shell commands: stages in order, JOBS=N at a time, a failed command stops the sweep. (A real Slurm cluster:
+tests/test_slurm.py.)
+"""
 import os
 import shlex
 import subprocess
@@ -6,49 +12,247 @@ import subprocess
 import pytest
 
 from conftest import REPO, parse
+from lib.experiment import PHASE1_KEYS
 
 SWEEPS = ["cifar100_core.sh", "cifar100_cycle_grid.sh", "cifar100_similarity.sh", "cifar100_peft.sh",
-          "cifar100_diversity.sh"]
+          "cifar100_diversity.sh", "cifar100_swin.sh"]
+TRAINING = ("finetune.py", "sse.py", "starsse.py", "sse_rtd.py", "starsse_ce.py", "starsse_wo.py", "peft_freeze.py")
+
+
+def listed(sweep, tmp_path, **env):
+    """The stages of a sweep under RUNNER=print: [(stage name, [argv of each command])]."""
+    for i in range(1, 6):
+        (tmp_path / f"byol-1000ep-{i}.pt").write_bytes(b"")
+        (tmp_path / f"swin_{i}.pth").write_bytes(b"")
+    full = dict(os.environ, RUNNER="print", DATA=str(tmp_path), CKPT_DIR=str(tmp_path), OUT=str(tmp_path / "o"),
+                CACHE=str(tmp_path / "cache"), **env)
+    r = subprocess.run(["bash", os.path.join(REPO, "sweeps", sweep)], capture_output=True, text=True, env=full,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    stages = []
+    for line in r.stdout.splitlines():
+        if line.startswith("# stage "):
+            stages.append((line.split()[3].rstrip(":"), []))
+        else:
+            stages[-1][1].append(shlex.split(line))
+    return stages
+
+
+def script_of(cmd):
+    """(script file name, its flags) of a command that may start with a launcher ('accelerate launch ...')."""
+    i = next(k for k, a in enumerate(cmd) if a.startswith("scripts/"))
+    return os.path.basename(cmd[i]), cmd[i + 1:]
+
+
+def phase1_key(args):
+    """What decides a phase-I cache entry, from the parsed flags: the phase-I settings, checkpoint and seed."""
+    return tuple((k, str(getattr(args, k))) for k in PHASE1_KEYS if hasattr(args, k)) + (("pretrained", args.pretrained[0]),)
 
 
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_sweep_commands_parse(tmp_path, sweep):
-    for i in range(1, 6):
-        (tmp_path / f"byol-1000ep-{i}.pt").write_bytes(b"")
-    env = dict(os.environ, LAUNCH="echo", PY="echo", DATA=str(tmp_path), CKPT_DIR=str(tmp_path), OUT=str(tmp_path / "o"))
-    r = subprocess.run(["bash", os.path.join(REPO, "sweeps", sweep)], capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0, r.stderr
-    commands = [shlex.split(line) for line in r.stdout.splitlines() if line.startswith("scripts/")]
-    assert commands
-    scripts = set()
-    for cmd in commands:
-        script, flags = cmd[0], cmd[1:]
-        scripts.add(os.path.basename(script))
-        if script.endswith("report.py"):
-            continue
+    stages = listed(sweep, tmp_path)
+    assert [name for name, _ in stages] == ["phase1", "methods", "report"]
+    (_, phase1), (_, methods), (_, report) = stages
+    # stage 1: one plain fine-tune per checkpoint x seed, each the phase I that the methods reuse
+    shared = {}
+    for cmd in phase1:
+        script, flags = script_of(cmd)
+        assert script == "finetune.py" and cmd[:2] == ["accelerate", "launch"]
         args = parse(flags, script)
-        assert args.dataset == "cifar100" and args.epochs == 25 and args.lr == 0.05 and args.batch_size == 256
-        assert args.weight_decay == 1e-4
+        assert args.members is None and len(args.pretrained) == 1 and not args.output_dir.startswith(str(tmp_path / "o"))
+        shared[phase1_key(args)] = args.output_dir
+    assert len(shared) == len(phase1) and len(set(shared.values())) == len(phase1)
+    scripts, needs_phase1 = set(), 0
+    for cmd in methods:
+        script, flags = script_of(cmd)
+        scripts.add(script)
+        assert script in TRAINING
+        args = parse(flags, script)
+        assert args.dataset == "cifar100" and args.batch_size == 256
+        assert args.val_split == 0.1 and args.mixed_precision == "fp16"  # issue 13: settings chosen on validation
+        if sweep == "cifar100_swin.sh":
+            assert (args.arch, args.optimizer, args.lr, args.weight_decay, args.epochs) == \
+                ("timm/swin_tiny_patch4_window7_224", "adamw", 1e-4, 0.25, 102)
+            assert (args.warmup_epochs, args.warmup_lr, args.clip_grad, args.label_smoothing) == (10.2, 5e-7, 5, 0.1)
+            assert (args.mixup, args.cutmix, args.augment, args.auto_augment, args.reprob, args.drop_path) == \
+                (0.8, 1.0, "model", "rand-m9-mstd0.5-inc1", 0.25, 0.1)
+            assert (args.data_pipeline, args.image_size) == ("torchvision", 224)
+            if script != "finetune.py":
+                assert (args.cycle_lr, args.cycle_epochs, args.members) == (2e-4, 51, 5)  # 2x lr, 0.5x epochs
+        else:
+            assert args.epochs == 25 and args.lr == 0.05 and args.weight_decay == 1e-4
+        if len(args.pretrained) == 1 and "--standard" not in flags and script != "peft_freeze.py":
+            needs_phase1 += 1  # its member 1 is the phase I of stage 1: the same cache entry
+            assert phase1_key(args) in shared, cmd
+    assert needs_phase1 > 0
+    # stage 3: the table, with each method's setting chosen on the validation split
+    assert [script_of(c)[0] for c in report] == ["report.py"]
+    assert "--select_by" in report[0] and report[0][report[0].index("--select_by") + 1] == "val"
+    commands = [c for _, cs in stages for c in cs]
     if sweep == "cifar100_core.sh":
-        assert scripts == {"sse.py", "starsse.py", "finetune.py", "report.py"}
-        assert sum("--members" in c and "5" in c for c in commands) >= 12 + 6
-        assert len([c for c in commands if c[0].endswith("finetune.py") and c.count("--pretrained") == 1
+        assert scripts == {"sse.py", "starsse.py", "finetune.py"}
+        assert len(methods) == 2 * 3 * 3 + 3 and len(phase1) == 2 * 3
+        assert len([c for c in methods if c.count("--pretrained") == 1
                     and len(c) - c.index("--pretrained") > 5 and c[c.index("--pretrained") + 5].endswith("5.pt")]) == 3
     elif sweep == "cifar100_cycle_grid.sh":
-        assert len(commands) == 2 * 2 * 5 * 4 * 2 + 1
+        assert len(methods) == 2 * 2 * 5 * 4 * 3 and len(phase1) == 2 * 2
+        points = {}
+        for c in methods:
+            args = parse(script_of(c)[1], script_of(c)[0])
+            kind = "standard" if "--standard" in c else script_of(c)[0]
+            points.setdefault(kind, set()).add((round(args.cycle_lr, 6), args.cycle_epochs))
+        grid = {(round(0.05 * a, 6), int(25 * b)) for a in (0.25, 0.5, 1, 2, 4) for b in (0.5, 1, 2, 4)}
+        for kind in ("sse.py", "starsse.py", "standard"):  # issue 14b: Standard SSE at every grid point
+            assert points[kind] == grid
     elif sweep == "cifar100_similarity.sh":
-        alphas = sorted({float(c[c.index("--alpha") + 1]) for c in commands if "--similarity" in c and "rtd" in c
-                         and "--star" not in c})
-        assert alphas == [0.0316, 0.1, 0.316, 1, 3.16, 10]
-        alphas = sorted({float(c[c.index("--alpha") + 1]) for c in commands if "mse" in c and "--star" not in c})
-        assert alphas == [0.1, 1, 10, 20, 40]
+        def grid(sim):
+            found = {}
+            for c in methods:
+                if sim in c and "--star" not in c and "--reference" not in c:
+                    layers = tuple(c[c.index("--layers") + 1:c.index("--similarity")])
+                    found.setdefault(layers, set()).add(float(c[c.index("--alpha") + 1]))
+            return found
+        layer_sets = {("stage2",), ("stage3",), ("stage4",), ("stage5",), ("avgpool",),
+                      ("stage2", "stage3", "stage4", "stage5", "avgpool")}
+        rtd, mse = grid("rtd"), grid("mse")
+        assert set(rtd) == set(mse) == layer_sets  # issue 14c: each layer alone and all five together
+        assert all(a == {0.0316, 0.1, 0.316, 1, 3.16, 10} for a in rtd.values())
+        assert all(a == {0.1, 1, 10, 20, 40} for a in mse.values())
+        ref = {(c[c.index("--similarity") + 1], float(c[c.index("--alpha") + 1])) for c in methods
+               if "--reference" in c and c[c.index("--reference") + 1] == "pretrained"}
+        assert ref == {("rtd", 0.0316), ("mse", 20)}
     elif sweep == "cifar100_diversity.sh":
-        ce = {(c[c.index("--mode") + 1], float(c[c.index("--alpha") + 1])) for c in commands if c[0].endswith("_ce.py")}
+        ce = {(c[c.index("--mode") + 1], float(c[c.index("--alpha") + 1])) for c in methods if script_of(c)[0] == "starsse_ce.py"}
         assert ce == {(m, a) for m in ("all", "incorrect") for a in (0.00316, 0.01, 0.0316, 0.1, 0.316)}
-        wo = sorted(float(c[c.index("--alpha") + 1]) for c in commands if c[0].endswith("_wo.py"))
-        assert sorted(set(wo)) == [-31.6, -10, -3.16, 1, 3.16, 10, 31.6]
+        wo = {float(c[c.index("--alpha") + 1]) for c in methods if script_of(c)[0] == "starsse_wo.py"}
+        assert wo == {-31.6, -10, -3.16, 1, 3.16, 10, 31.6}
     elif sweep == "cifar100_peft.sh":
-        grid = {(c[c.index("--freeze") + 1], float(c[c.index("--cycle_lr_mult") + 1])) for c in commands
-                if c[0].endswith("starsse.py")}
-        assert grid == {(f, float(m)) for f in ("stage4", "stage5", "head") for m in range(1, 7)}
-        assert {c[c.index("--freeze") + 1] for c in commands if c[0].endswith("peft_freeze.py")} == {"stage4", "stage5", "head"}
+        grid = {(c[c.index("--freeze") + 1], float(c[c.index("--cycle_lr_mult") + 1]), c[c.index("--frozen_bn") + 1])
+                for c in methods if script_of(c)[0] == "starsse.py"}
+        assert grid == {(f, float(m), bn) for f in ("stage4", "stage5", "head") for m in range(1, 7) for bn in ("train", "eval")}
+        local = {(c[c.index("--freeze") + 1], c[c.index("--frozen_bn") + 1]) for c in methods if script_of(c)[0] == "peft_freeze.py"}
+        assert local == {(f, bn) for f in ("stage4", "stage5", "head") for bn in ("train", "eval")}  # issue 14a
+        assert "frozen_bn" in report[0]  # train and eval are different rows
+    elif sweep == "cifar100_swin.sh":
+        assert {script_of(c)[0] for c in methods} == {"finetune.py", "sse.py", "starsse.py"}
+        global_de = [c for c in methods if c.count("--pretrained") == 1 and c[c.index("--pretrained") + 5].endswith("swin_5.pth")]
+        assert len(global_de) == 3 and len(methods) == 2 * 3 * 3 + 3
+    outputs = [c[c.index("--output_dir") + 1] for c in commands if "--output_dir" in c]
+    assert len(outputs) == len(set(outputs))  # no two runs write one folder
+
+
+def test_precision_and_validation_switches(tmp_path):
+    """PRECISION=no trains in fp32 (the reference code); VAL_SPLIT=none trains on all 50,000 images."""
+    stages = listed("cifar100_core.sh", tmp_path, PRECISION="no", VAL_SPLIT="none")
+    training = [c for name, cs in stages if name != "report" for c in cs]
+    for cmd in training:
+        args = parse(script_of(cmd)[1], script_of(cmd)[0])
+        assert args.mixed_precision == "no" and args.val_split is None
+    assert "--select_by" not in stages[-1][1][0]
+    r = subprocess.run(["bash", os.path.join(REPO, "sweeps", "cifar100_core.sh")], capture_output=True, text=True,
+                       env=dict(os.environ, RUNNER="print", DATA=str(tmp_path), PRECISION="fp8"), timeout=60)
+    assert r.returncode == 2 and "PRECISION must be" in r.stderr
+
+
+def test_demo_lists_one_line_per_run(tmp_path):
+    stages = listed("demo.sh", tmp_path, PY="python")
+    assert [name for name, _ in stages] == ["pretrain", "phase1", "methods", "soups", "report"]
+    (_, pretrain), (_, phase1), (_, methods), (_, soups), (_, report) = stages
+    assert len(pretrain) == 4 and len(phase1) == 2 and len(methods) == 2 * 11 and len(report) == 2
+    names = ("scratch", "local_de", "global_de", "standard_sse", "sse", "starsse", "sse_rtd", "sse_mse",
+             "starsse_freeze", "starsse_ce", "starsse_wo")
+    outputs = sorted(c[c.index("--output_dir") + 1].split("/o/")[1] for c in methods)
+    assert outputs == sorted(f"{m}/run{r}" for r in (0, 1) for m in names)
+    # a soup of every run but the one-member scratch baseline
+    assert sorted(c[c.index("scripts/soup.py") + 1].split("/o/")[1] for c in soups) == \
+        sorted(f"{m}/run{r}" for r in (0, 1) for m in names if m != "scratch")
+    for cmd in phase1 + methods:
+        script, flags = script_of(cmd)
+        parse(flags, script)
+    # a subset: RUNS and METHODS (the pre-training stage then makes only the checkpoints it needs)
+    stages = listed("demo.sh", tmp_path, PY="python", RUNS="1", METHODS="starsse local_de")
+    assert [len(cs) for _, cs in stages] == [1, 1, 2, 2, 2]
+    assert stages[0][1][0][-3:] == ["1", "--cache_dir", str(tmp_path / "cache")]
+    stages = listed("demo.sh", tmp_path, PY="python", RUNS="0", METHODS="scratch")
+    assert [len(cs) for _, cs in stages] == [1, 0, 1, 0, 2]  # no phase I to share, nothing to average
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the runner on small sweeps of shell commands
+
+def mini_sweep(tmp_path, body, **env):
+    """Run a sweep file that sources the runner and defines `body` (stages of shell commands)."""
+    sweep = tmp_path / "mini.sh"
+    sweep.write_text(f"set -euo pipefail\nsource {REPO}/sweeps/_runner.sh\nOUT={tmp_path}/out\n{body}\nfinish\n")
+    return subprocess.run(["bash", str(sweep)], capture_output=True, text=True, env=dict(os.environ, **env),
+                          timeout=120, cwd=tmp_path)
+
+
+def test_local_runner_runs_stages_in_order_and_n_at_a_time(tmp_path):
+    log = tmp_path / "log"
+    # each command appends "start i" and "end i" (with a pause between): JOBS=2 overlaps two commands of a stage,
+    # never commands of two stages
+    step = "run bash -c 'echo start $0 >> {log}; sleep 0.6; echo end $0 >> {log}; echo result $0' {i}"
+    body = "stage one 'stage one'\n" + "\n".join(step.format(log=log, i=i) for i in (1, 2, 3, 4)) + \
+           "\nstage two 'stage two'\n" + step.format(log=log, i=5)
+    r = mini_sweep(tmp_path, body, JOBS="2")
+    assert r.returncode == 0, r.stderr
+    events = log.read_text().split("\n")[:-1]
+    assert sorted(events[:2]) == ["start 1", "start 2"]  # two at a time
+    assert events.index("start 5") > max(events.index(f"end {i}") for i in (1, 2, 3, 4))  # stage two after stage one
+    running = [sum(e.startswith("start") for e in events[:k + 1]) - sum(e.startswith("end") for e in events[:k + 1])
+               for k in range(len(events))]
+    assert max(running) == 2  # never more than JOBS
+    assert {line.split("] ")[1] for line in r.stdout.splitlines() if line.startswith("[")} == \
+        {f"result {i}" for i in (1, 2, 3, 4, 5)}  # each command's last line, when it ends
+    assert (tmp_path / "out" / "local" / "mini.one-3.out").read_text() == "result 3\n"
+    # sequential (the default): the same order, one at a time, output on the terminal
+    log.unlink()
+    r = mini_sweep(tmp_path, body)
+    assert r.returncode == 0, r.stderr
+    assert log.read_text().split() == " ".join(f"start {i} end {i}" for i in (1, 2, 3, 4, 5)).split()
+    assert [line for line in r.stdout.splitlines() if line.startswith("result")] == [f"result {i}" for i in range(1, 6)]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_failed_command_fails_the_stage_and_stops_the_sweep(tmp_path, jobs):
+    body = "stage one\nrun true\nrun bash -c 'echo broken >&2; exit 3'\nrun true\nstage two\nrun touch {}/never".format(tmp_path)
+    r = mini_sweep(tmp_path, body, JOBS=jobs)
+    assert r.returncode != 0
+    assert not (tmp_path / "never").exists()
+    if jobs == "1":
+        assert r.returncode == 3 and "command 2/3 failed (exit status 3)" in r.stderr
+    else:
+        assert "FAILED (exit status 3)" in r.stderr and "broken" in r.stderr and "1 of 3 commands failed" in r.stderr
+
+
+def test_runner_keeps_arguments_exactly_and_refuses_bad_settings(tmp_path):
+    weird = ["a b", "it's", "$HOME", "*", "x\"y", ""]
+    body = "stage one\nrun printf '<%s>' " + " ".join(shlex.quote(w) for w in weird)
+    r = mini_sweep(tmp_path, body)
+    assert r.returncode == 0 and r.stdout.endswith("".join(f"<{w}>" for w in weird)), r.stdout
+    r = mini_sweep(tmp_path, body, RUNNER="print")
+    assert shlex.split(r.stdout.splitlines()[1]) == ["printf", "<%s>", *weird]
+    for env, message in [({"RUNNER": "cloud"}, "RUNNER must be local, slurm or print"), ({"JOBS": "0"}, "JOBS must be"),
+                         ({"ARRAY_LIMIT": "x"}, "ARRAY_LIMIT must be")]:
+        r = mini_sweep(tmp_path, body, **env)
+        assert r.returncode == 2 and message in r.stderr
+
+
+def test_local_runner_gives_each_running_command_its_own_gpu(tmp_path):
+    log = tmp_path / "log"
+    step = "run bash -c 'echo start $0 $CUDA_VISIBLE_DEVICES >> {log}; sleep 0.{i}; echo end $0 >> {log}' {i}"
+    body = "stage one\n" + "\n".join(step.format(log=log, i=i) for i in (3, 1, 4, 2, 5))
+    r = mini_sweep(tmp_path, body, JOBS="2", GPUS="0,1 2,3")
+    assert r.returncode == 0, r.stderr
+    running = {}
+    for event in log.read_text().splitlines():
+        kind, i, *gpu = event.split()
+        if kind == "start":
+            assert gpu[0] in ("0,1", "2,3") and gpu[0] not in running.values()  # never two on one GPU set
+            running[i] = gpu[0]
+        else:
+            del running[i]
+    r = mini_sweep(tmp_path, body, JOBS="3", GPUS="0 1")
+    assert r.returncode == 2 and "GPUS needs one entry per running command" in r.stderr
