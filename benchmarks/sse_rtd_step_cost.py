@@ -10,6 +10,9 @@ ResNet-50 runs at 32x32 px on this CPU (224 px is ~50x slower); on a GPU the net
 with resolution while RTD's (a CPU barcode on batch-size points) does not.
 Measured on the 2-core CPU machine: SSE-RTD x1.91 / x4.06 / x1.43 and SSE-MSE x1.31 / x1.40 / x1.27 of SSE's step
 for resnet_mini b16, resnet_mini b256, ResNet-50 b128 32 px.
+"overlapped" (--rtd_overlap on): both barcodes in worker processes (giotto-ph threads) while the CE backward runs,
+then the RTD term's own backward. That second backward runs through the layers below the tapped one, so the overlap
+saves the most for early taps (stage2) and little for AvgPool, whose backward is nearly the whole network's.
 """
 import argparse
 
@@ -17,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from _timing import compare, report
-from lib.losses import FeatureSimilarity
+from lib.losses import Deferred, FeatureSimilarity
 from lib.models import build_model, taps
 from lib.train import Step
 
@@ -42,7 +45,13 @@ def variants(arch, batch, size, classes, device="cpu", fp16=False):
     terms = {"SSE (CE only)": None,
              "SSE-MSE (alpha 20)": FeatureSimilarity("mse", 20.0, {"avgpool": 1.0}).set_reference(model, device),
              "SSE-RTD (alpha 0.0316, 50 bars)":
-                 FeatureSimilarity("rtd", 0.0316, {"avgpool": 1.0}).set_reference(model, device)}
+                 FeatureSimilarity("rtd", 0.0316, {"avgpool": 1.0}).set_reference(model, device),
+             "SSE-RTD, overlapped": FeatureSimilarity("rtd", 0.0316, {"avgpool": 1.0}).set_reference(model, device,
+                                                                                                     overlap=True),
+             "SSE-RTD stage2, sequential":
+                 FeatureSimilarity("rtd", 0.0316, {"stage2": 1.0}).set_reference(model, device),
+             "SSE-RTD stage2, overlapped":
+                 FeatureSimilarity("rtd", 0.0316, {"stage2": 1.0}).set_reference(model, device, overlap=True)}
     # The current model: model 1 moved a little, as a snapshot in a cycle, and kept there (lr 0: the step does all
     # the work of an SGD step but every repetition sees the same model; a random model trained on random labels
     # drifts to features on another scale).
@@ -59,14 +68,19 @@ def variants(arch, batch, size, classes, device="cpu", fp16=False):
     scaler = torch.amp.GradScaler(enabled=fp16)
 
     def step(term):
-        def run():
-            with taps(model, ["avgpool"]) as feats, torch.autocast(x.device.type, torch.float16, enabled=fp16):
+        def run():  # as lib.train.fit: a Deferred term's backward follows the CE backward
+            with taps(model, ["stage2", "avgpool"]) as feats, torch.autocast(x.device.type, torch.float16, enabled=fp16):
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
-                if term is not None:
-                    loss = loss + term(Step(x, y, logits, feats, model))
+                value = None if term is None else term(Step(x, y, logits, feats, model))
             opt.zero_grad()
-            scaler.scale(loss).backward()
+            if isinstance(value, Deferred):
+                scaler.scale(loss).backward(retain_graph=True)
+                with torch.autocast(x.device.type, torch.float16, enabled=fp16):
+                    value = value.result()
+                scaler.scale(value).backward()
+            else:
+                scaler.scale(loss if value is None else loss + value).backward()
             scaler.step(opt)
             scaler.update()
             if x.device.type == "cuda":
