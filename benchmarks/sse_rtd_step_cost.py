@@ -8,11 +8,13 @@ frozen copy's eval-mode features are on another scale, and the sqrt(d)-normalise
 bars that giotto-ph needs a minute per step (see benchmarks/rtd_concurrency.py).
 ResNet-50 runs at 32x32 px on this CPU (224 px is ~50x slower); on a GPU the network's share of the step grows
 with resolution while RTD's (a CPU barcode on batch-size points) does not.
-Measured on the 2-core CPU machine: SSE-RTD x1.91 / x4.06 / x1.43 and SSE-MSE x1.31 / x1.40 / x1.27 of SSE's step
-for resnet_mini b16, resnet_mini b256, ResNet-50 b128 32 px.
 "overlapped" (--rtd_overlap on): both barcodes in worker processes (giotto-ph threads) while the CE backward runs,
 then the RTD term's own backward. That second backward runs through the layers below the tapped one, so the overlap
 saves the most for early taps (stage2) and little for AvgPool, whose backward is nearly the whole network's.
+Measured on the 2-core CPU machine (2026-11-29), time of a step relative to SSE's for resnet_mini b16 / resnet_mini
+b256 / ResNet-50 b128 32 px: SSE-MSE x1.26 / x1.29 / x1.26; SSE-RTD x1.80 / x3.88 / x1.34, overlapped x2.47 / x5.88 /
+x2.02; SSE-RTD on stage2 x2.02 / x4.03 / x1.38, overlapped x2.41 / x5.26 / x1.57. On 2 cores the overlap is slower:
+no core is idle for the barcodes while the network's backward runs, and it pays the second backward.
 """
 import argparse
 

@@ -143,7 +143,7 @@ LATER_ARGS = {"freeze": "none", "frozen_bn": "eval", "cycle_lr_mult": None, "dat
               "reprob": 0.0, "drop_path": 0.0, "compile": False, "compile_mode": "default",
               "compile_backend": "inductor", "optimizer": "sgd", "warmup_epochs": 0.0, "warmup_lr": 0.0,
               "clip_grad": None, "label_smoothing": 0.0, "mixup": 0.0, "cutmix": 0.0, "standard": False,
-              "reference": "model1", "rtd_overlap": "auto"}
+              "reference": "model1", "rtd_overlap": "off"}
 
 
 def config_diff(old, new):
