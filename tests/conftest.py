@@ -1,6 +1,7 @@
 import functools
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 import sys
 
 import pytest
@@ -16,6 +17,13 @@ def run_script(script, *args, env=None, cwd=REPO):
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run([PY, os.path.join(REPO, "scripts", script), *map(str, args)], capture_output=True,
                           text=True, env=full_env, cwd=cwd, timeout=600)
+
+
+def run_scripts(calls, env=None):
+    """run_script for each (script, *args) of `calls`, two processes at a time (each mostly waits for its imports:
+    bad-input tests fail before training); the results in the order of `calls`."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda call: run_script(*call, env=env), calls))
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_script, run_scripts
 from lib.models import build_model, read_checkpoint
 from lib.pretrain import default_checkpoint
 from lib.runs import load_json
@@ -52,9 +52,10 @@ def test_bad_inputs(tmp_path, cache_dir, finished_run):
         (["--members", "-1"], "--members must be positive"),
         (["--lr", "nan"], "--lr must be a non-negative number"),
     ]
-    for flags, pattern in cases:
-        out = tmp_path / "out"
-        _one_error_line(run_script("starsse.py", *base, *flags, "--output_dir", out), pattern)
+    outs = [tmp_path / f"out{i}" for i in range(len(cases))]
+    results = run_scripts([("starsse.py", *base, *flags, "--output_dir", out) for (flags, _), out in zip(cases, outs)])
+    for (_, pattern), out, r in zip(cases, outs, results):
+        _one_error_line(r, pattern)
         assert not out.exists()  # nothing was written
 
 

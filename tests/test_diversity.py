@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import run_script
+from conftest import run_script, run_scripts
 from lib.losses import PredictionDiversity, WeightOrthogonality, compute_dtype
 from lib.runs import load_json, load_weights
 from lib.train import Step
@@ -133,11 +133,13 @@ def test_scripts_change_training_only_from_member_3(tmp_path, tiny):
 
 
 def test_bad_diversity_input(tmp_path, cache_dir):
-    for script, flags, msg in [("starsse_ce.py", ["--mode", "some"], "unknown --mode 'some' (choose from all, incorrect)"),
-                               ("starsse_ce.py", ["--alpha", "nan"], "--alpha must be a finite number"),
-                               ("starsse_wo.py", ["--alpha", "inf"], "--alpha must be a finite number"),
-                               ("starsse_wo.py", ["--wo_space", "cos"], "unknown --wo_space 'cos' (choose from raw, delta)")]:
-        r = run_script(script, "--cpu", "--cache_dir", cache_dir, "--output_dir", tmp_path / "o", *flags)
+    cases = [("starsse_ce.py", ["--mode", "some"], "unknown --mode 'some' (choose from all, incorrect)"),
+             ("starsse_ce.py", ["--alpha", "nan"], "--alpha must be a finite number"),
+             ("starsse_wo.py", ["--alpha", "inf"], "--alpha must be a finite number"),
+             ("starsse_wo.py", ["--wo_space", "cos"], "unknown --wo_space 'cos' (choose from raw, delta)")]
+    results = run_scripts([(script, "--cpu", "--cache_dir", cache_dir, "--output_dir", tmp_path / f"o{i}", *flags)
+                           for i, (script, flags, _) in enumerate(cases)])
+    for i, ((_, _, msg), r) in enumerate(zip(cases, results)):
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and msg in lines[0], r.stderr
-        assert not (tmp_path / "o").exists()
+        assert not (tmp_path / f"o{i}").exists()

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, run_scripts
 from lib.runs import load_json, save_weights
 
 
@@ -124,12 +124,12 @@ def test_everything_is_checked_before_anything_is_written(tmp_path, cache_dir):
              (["--lr", "1e308"], "--lr 1e+308 with --momentum 0.9 gives steps that overflow"),
              (["--cache_dir", a_file], "is a file, not a folder"),
              (["--output_dir", a_file / "run"], "is a file, not a folder")]
-    for flags, pattern in cases:
-        out = tmp_path / "out"
-        r = run_script("starsse.py", *base, "--output_dir", out, *flags)
+    outs = [tmp_path / f"out{i}" for i in range(len(cases))]
+    results = run_scripts([("starsse.py", *base, "--output_dir", out, *flags) for (flags, _), out in zip(cases, outs)]
+                          + [("starsse.py", *base, "--output_dir", a_file)])
+    for (_, pattern), out, r in zip(cases + [(None, "is a file, not a folder")], outs + [None], results):
         _one_error_line(r, pattern)
-        assert not out.exists()
-    _one_error_line(run_script("starsse.py", *base, "--output_dir", a_file), "is a file, not a folder")
+        assert out is None or not out.exists()
     assert a_file.read_text() == "x"
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, run_script
+from conftest import REPO, run_script, run_scripts
 from lib.errors import UserError
 from lib.losses import FeatureSimilarity, parse_layers
 from lib.models import build_model, taps
@@ -81,11 +81,13 @@ def test_star_variant_starts_every_cycle_from_model_1(tmp_path, tiny):
 
 
 def test_bad_regulariser_input(tmp_path, cache_dir):
-    for flags, msg in [(["--layers", "stage9"], "unknown layer 'stage9'"), (["--alpha", "-1"], "--alpha must be"),
-                       (["--alpha", "nan"], "--alpha must be"), (["--rtd_card", "0"], "--rtd_card must be positive")]:
-        r = run_script("sse_rtd.py", "--cpu", "--cache_dir", cache_dir, "--output_dir", tmp_path / "o", *flags)
+    cases = [(["--layers", "stage9"], "unknown layer 'stage9'"), (["--alpha", "-1"], "--alpha must be"),
+             (["--alpha", "nan"], "--alpha must be"), (["--rtd_card", "0"], "--rtd_card must be positive")]
+    results = run_scripts([("sse_rtd.py", "--cpu", "--cache_dir", cache_dir, "--output_dir", tmp_path / f"o{i}", *flags)
+                           for i, (flags, _) in enumerate(cases)])
+    for i, ((_, msg), r) in enumerate(zip(cases, results)):
         assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: {r.stderr.strip()[7:]}"]
-        assert msg in r.stderr and not (tmp_path / "o").exists()
+        assert msg in r.stderr and not (tmp_path / f"o{i}").exists()
 
 
 def test_reference_pretrained_regularises_towards_the_checkpoint(tmp_path, tiny, cache_dir):
