@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
 from torch.nn.utils import get_total_norm
 from timm.data import Mixup
+from timm.data.mixup import mixup_target
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import param_groups_weight_decay
 from tqdm.auto import tqdm
@@ -146,7 +147,18 @@ def make_criterion(loop, num_classes):
     if loop.mixup > 0 or loop.cutmix > 0:
         mixup = Mixup(mixup_alpha=loop.mixup, cutmix_alpha=loop.cutmix, label_smoothing=loop.label_smoothing,
                       num_classes=num_classes)
-        return mixup, SoftTargetCrossEntropy()
+
+        def mix(x, y):
+            """timm pairs sample i with sample B-1-i and needs an even batch: an odd last sample (the epoch's last,
+            short batch) keeps its image and gets its plain (smoothed) target."""
+            if len(x) % 2 == 0:
+                return mixup(x, y)
+            last = mixup_target(y[-1:], num_classes, lam=1.0, smoothing=loop.label_smoothing)
+            if len(x) == 1:
+                return x, last
+            xm, target = mixup(x[:-1], y[:-1])
+            return torch.cat([xm, x[-1:]]), torch.cat([target, last])
+        return mix, SoftTargetCrossEntropy()
     return (lambda x, y: (x, y)), (lambda logits, y: F.cross_entropy(logits, y, label_smoothing=loop.label_smoothing))
 
 
@@ -253,14 +265,17 @@ def fit(accelerator, model, dataset, loop, lrs, epochs, seed, resume_path, *, fr
                     later = {k: v for k, v in terms.items() if isinstance(v, Deferred)}
                     loss = ce + sum(v for v in terms.values() if not isinstance(v, Deferred))
                 optimizer.zero_grad(set_to_none=True)
-                if later:  # the backward of CE (+ the other terms) runs while the deferred terms are computed
-                    with accelerator.no_sync(model):
-                        accelerator.backward(loss, retain_graph=True)
+                if later and world == 1:  # the CE (+ other terms) backward runs while the deferred terms are computed
+                    accelerator.backward(loss, retain_graph=True)
                     with accelerator.autocast():
                         terms.update({k: v.result() for k, v in later.items()})
                     accelerator.backward(sum(terms[k] for k in later))
                     loss = loss.detach() + sum(terms[k].detach() for k in later)
-                else:
+                else:  # DDP all-reduces gradients in one backward: deferred terms are waited for, then added
+                    if later:
+                        with accelerator.autocast():
+                            terms.update({k: v.result() for k, v in later.items()})
+                        loss = loss + sum(terms[k] for k in later)
                     accelerator.backward(loss)
                 if loop.clip_grad is not None:
                     accelerator.clip_grad_norm_(freeze.params, loop.clip_grad)

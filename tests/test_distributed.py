@@ -123,3 +123,20 @@ def test_ddp_learning_rate_at_every_iteration_equals_one_process(tmp_path, fresh
     ddp, one = _tb_lrs(str(tmp_path / "ddp")), _tb_lrs(str(tmp_path / "one"))
     assert len(one) == (3 + 2) * 3 and ddp == one  # 3 iterations per epoch in both: --batch_size is global
     assert one[9][1] == 0.02 and one[8][1] < 0.001  # the cycle restarts at cycle_lr after phase I's last step
+
+
+def test_ddp_sse_rtd_with_the_overlap_asked_trains_as_without_it(tmp_path, fresh_cache):
+    """Under DDP gradients are all-reduced in one backward, so --rtd_overlap on waits for the barcodes and runs one
+    backward: the same members as --rtd_overlap off (a second, unsynchronised backward would let the processes'
+    weights drift apart)."""
+    import torch
+    from lib.runs import load_weights
+    cache = fresh_cache("a")
+    flags = ["--quiet", "--epochs", "2", "--cycle_epochs", "2", "--members", "2", "--cache_dir", cache]
+    for mode in ("on", "off"):
+        _launch2("sse_rtd.py", *flags, "--rtd_overlap", mode, "--output_dir", tmp_path / mode,
+                 env={"OMP_NUM_THREADS": "1"})
+    a, b = load_weights(tmp_path / "on" / "member_2.safetensors"), load_weights(tmp_path / "off" / "member_2.safetensors")
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    assert load_json(tmp_path / "on" / "metrics.json")["ensemble_accuracy"] == \
+        load_json(tmp_path / "off" / "metrics.json")["ensemble_accuracy"]

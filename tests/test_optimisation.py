@@ -100,3 +100,18 @@ def test_gradient_clipping_bounds_the_step(tmp_path):
     w1 = torch.cat([p.detach().flatten() for p in model.parameters()])
     # the first SGD step is lr times the gradient rescaled to norm clip_grad
     assert torch.allclose(w1, w0 - 0.1 * g * (1e-3 / g.norm()), atol=1e-7)
+
+
+def test_an_odd_batch_mixes_all_but_its_last_sample():
+    torch.manual_seed(2)
+    x, y = torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 3, 1])
+    mix, _ = make_criterion(LoopSettings(batch_size=5, mixup=0.8, label_smoothing=0.1), 4)
+    np.random.seed(0)
+    xm, t = mix(x.clone(), y)
+    head, xf = x[:4], x[:4].flip(0)  # timm pairs within the first 4
+    lam = ((xm[:4] - xf) / (head - xf)).flatten()[0].item()
+    assert torch.allclose(xm[:4], lam * head + (1 - lam) * xf, atol=1e-5)
+    assert torch.allclose(t[:4], lam * _smoothed(y[:4], 4, 0.1) + (1 - lam) * _smoothed(y[:4].flip(0), 4, 0.1))
+    assert torch.equal(xm[4], x[4]) and torch.allclose(t[4:], _smoothed(y[4:], 4, 0.1))
+    xm, t = mix(x[:1].clone(), y[:1])  # a batch of one: nothing to pair with
+    assert torch.equal(xm, x[:1]) and torch.allclose(t, _smoothed(y[:1], 4, 0.1))
