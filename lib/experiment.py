@@ -29,24 +29,13 @@ from .evaluation import evaluate_run, merge_metrics, summary_lines
 from .locks import FileLock, lock_run_dir, wait_for
 from .models import build_model, check_pretrained, freeze as freeze_stages, load_pretrained, pretrained_id
 from .pretrain import default_checkpoint, pretrain_digits
-from .runs import RunDir, copy_file, run_summary, save_array
+from .runs import PHASE1_KEYS, RunDir, copy_file, run_summary, save_array
 from .schedules import cycle_schedule, member_schedule, phase1_schedule
 from .seeding import seed_for
 from .train import LoopSettings, fit, make_accelerator, predict
 
 HEAD_STREAM = 7  # seed stream of a fresh head: (seed, member, HEAD_STREAM)
-# Everything that changes a fine-tuned member (or its cached test and validation predictions) is in its cache key:
-# these settings, the checkpoint's content, the member index, and how many processes train it together.
-PHASE1_KEYS = ("dataset", "dataset_name", "data_files", "image_column", "label_column", "train_split", "test_split",
-               "train_dir", "test_dir", "val_split", "val_split_name", "labels_per_class", "augment", "auto_augment",
-               "reprob", "image_size", "arch", "drop_path", "compile", "compile_mode", "seed", "epochs", "lr",
-               "weight_decay", "momentum", "batch_size", "lr_granularity", "warmup_epochs", "warmup_lr", "clip_grad",
-               "label_smoothing", "mixup", "cutmix", "optimizer", "mixed_precision", "channels_last", "data_pipeline",
-               "num_workers", "sync_bn", "compile_backend")
-# ... and these do not: where things are, how they are shown, evaluation beyond the test set, and the cycles
-NOT_PHASE1_KEYS = ("config", "data_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "quiet",
-                   "with_tracking", "report_to", "cpu", "member_parallel", "list_stages", "ood_dataset",
-                   "shift_dataset", "pretrained", "members", "cycle_lr", "cycle_epochs", "cycle_lr_mult", "method")
+
 
 
 class Experiment:

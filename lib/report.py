@@ -23,7 +23,8 @@ import numpy as np
 from . import methods
 from .errors import UserError, check
 from .figures import pyplot
-from .runs import LATER_ARGS, NON_RESULT_ARGS, file_sha256, find_runs, load_json, run_label, write_csv
+from .runs import LATER_ARGS, NON_RESULT_ARGS, PHASE1_KEYS, file_sha256, find_runs, load_json, run_label, write_csv
+from .uncertainty import SCORES
 
 DDOF = 1  # sample standard deviation over runs
 # (metrics.json key, header, decimals): always shown
@@ -31,7 +32,6 @@ COLUMNS = [("avg_member_accuracy", "avg. acc.", 2), ("diversity", "div.", 2), ("
            ("nll", "NLL", 3), ("ece", "ECE", 3)]
 # shown when any run has the key (issue 16: weight averaging of the members)
 OPTIONAL_COLUMNS = [("soup/uniform/acc", "uniform soup", 2)]
-OOD_SCORES = ("msp", "entropy", "mutual_information", "energy", "max_logit")
 # repetitions (seed, pre-trained checkpoint) and keys that change no result: never a setting, never a row of their own
 NOT_SETTINGS = NON_RESULT_ARGS | {"seed", "pretrained", "method"}
 
@@ -45,10 +45,9 @@ OPTIMAL_CYCLE = {"lr_ratio": 2.0, "epochs_ratio": 0.5}
 # time "reduced 1.66, 2.5 and 3.125 times", whole-ensemble time relative to StarSSE, phase I included: table 4.1's
 # x0.74 / x0.6 / x0.55 = (25 + 48 / 1.66) / 73 ...)
 THESIS_PEFT_TIME = {"stage4": (1 / 1.66, 0.74), "stage5": (1 / 2.5, 0.60), "head": (1 / 3.125, 0.55)}
-# what must be equal for two runs' times to compare: the phase-I settings (lib.experiment.PHASE1_KEYS but the seed)
-# and the cycle length; the ensemble time also needs the same number of members
-TIME_KEYS = ("dataset", "labels_per_class", "augment", "image_size", "arch", "epochs", "lr", "weight_decay",
-             "momentum", "batch_size", "lr_granularity", "mixed_precision", "data_pipeline", "cycle_epochs")
+# what must be equal for two runs' times to compare: the phase-I settings but the seed, and the cycle length; the
+# ensemble time also needs the same number of members
+TIME_KEYS = tuple(k for k in PHASE1_KEYS if k != "seed") + ("cycle_epochs",)
 
 
 def _clean(value):
@@ -375,8 +374,8 @@ def fmt(ms, digits=2):
 def ood_key(spec):
     """'noise/entropy' -> 'ood/noise/entropy/auroc' (the ensemble's AUROC of that score on that OOD set)."""
     name, _, score = str(spec).rpartition("/")
-    check(bool(name) and score in OOD_SCORES,
-          f"--ood_column must be SET/SCORE with SCORE one of {', '.join(OOD_SCORES)}, got {spec!r}")
+    check(bool(name) and score in SCORES,
+          f"--ood_column must be SET/SCORE with SCORE one of {', '.join(SCORES)}, got {spec!r}")
     return f"ood/{name}/{score}/auroc"
 
 

@@ -37,6 +37,18 @@ from .errors import UserError, check
 NON_RESULT_ARGS = {"with_tracking", "output_dir", "cache_dir", "data_dir", "download", "cpu", "eval_batch_size",
                    "quiet", "member_parallel", "config", "report_to", "ood_dataset", "shift_dataset", "list_stages",
                    "rtd_overlap"}  # rtd_overlap: the same loss and gradients, another order of work
+# Everything that changes a fine-tuned member (or its cached test and validation predictions) is in its cache key:
+# these settings, the checkpoint's content, the member index, and how many processes train it together.
+PHASE1_KEYS = ("dataset", "dataset_name", "data_files", "image_column", "label_column", "train_split", "test_split",
+               "train_dir", "test_dir", "val_split", "val_split_name", "labels_per_class", "augment", "auto_augment",
+               "reprob", "image_size", "arch", "drop_path", "compile", "compile_mode", "seed", "epochs", "lr",
+               "weight_decay", "momentum", "batch_size", "lr_granularity", "warmup_epochs", "warmup_lr", "clip_grad",
+               "label_smoothing", "mixup", "cutmix", "optimizer", "mixed_precision", "channels_last", "data_pipeline",
+               "num_workers", "sync_bn", "compile_backend")
+# ... and these do not: where things are, how they are shown, evaluation beyond the test set, and the cycles
+NOT_PHASE1_KEYS = ("config", "data_dir", "download", "output_dir", "cache_dir", "eval_batch_size", "quiet",
+                   "with_tracking", "report_to", "cpu", "member_parallel", "list_stages", "ood_dataset",
+                   "shift_dataset", "pretrained", "members", "cycle_lr", "cycle_epochs", "cycle_lr_mult", "method")
 MEMBER_FILES = ("weights", "probs", "logits", "val_probs", "val_logits")  # a member's files besides its record
 
 
@@ -340,13 +352,16 @@ VAL_KEYS = ("member_accuracy", "avg_member_accuracy", "ensemble_accuracy", "ense
             "nll", "ece", "brier")
 
 
-def run_summary(run, probs, labels, config):
+def run_summary(run, probs, labels, config, val_probs=None):
     """metrics.json of a run: lib.metrics.summarize plus what the report needs from the config and member records,
-    and the val_* twins of the test metrics when the members have validation probabilities."""
+    and the val_* twins of the test metrics when the members have validation probabilities (val_probs: when they
+    are not (yet) the saved ones)."""
     result = metrics.summarize(probs, labels)
     n = len(probs)
-    if os.path.exists(run.file("val_labels.npy")) and all(os.path.exists(run.val_probs(i)) for i in range(1, n + 1)):
-        val = metrics.summarize(run.load_probs(n, "val_probs"), np.load(run.file("val_labels.npy")))
+    if val_probs is None and all(os.path.exists(run.val_probs(i)) for i in range(1, n + 1)):
+        val_probs = run.load_probs(n, "val_probs")
+    if os.path.exists(run.file("val_labels.npy")) and val_probs is not None:
+        val = metrics.summarize(val_probs, np.load(run.file("val_labels.npy")))
         result.update({f"val_{k}": val[k] for k in VAL_KEYS})
     records = [load_json(run.record(i)) for i in range(1, n + 1)]
     result.update(method=config["method"], seed=config["seed"], dataset=config["dataset"],

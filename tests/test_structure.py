@@ -114,7 +114,7 @@ def test_every_flag_is_in_the_phase1_cache_key_or_declared_outside_it():
     """A new flag must be classified: either it changes a fine-tuned member (then it is part of the phase-I cache key,
     so a run with another value never reuses the cached member) or it does not."""
     from lib.cli import base_parser
-    from lib.experiment import NOT_PHASE1_KEYS, PHASE1_KEYS
+    from lib.runs import NOT_PHASE1_KEYS, PHASE1_KEYS
     flags = set(vars(base_parser("t").parse_args([])))
     assert not set(PHASE1_KEYS) & set(NOT_PHASE1_KEYS)
     assert flags - set(PHASE1_KEYS) - set(NOT_PHASE1_KEYS) == set()

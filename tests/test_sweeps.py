@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from conftest import REPO, parse
-from lib.experiment import PHASE1_KEYS
+from lib.runs import PHASE1_KEYS
 
 SWEEPS = ["cifar100_core.sh", "cifar100_cycle_grid.sh", "cifar100_similarity.sh", "cifar100_peft.sh",
           "cifar100_diversity.sh", "cifar100_swin.sh"]
