@@ -125,7 +125,7 @@ def load_sets(specs, cfg, labelled, task=None):
 
 
 def evaluate_run(run, cfg, accelerator, ood=(), shift=(), members=None, reliability=None, log=None, local=False,
-                 sets=None, probs=None, logits=None, task=None):
+                 sets=None, probs=None, logits=None, val_logits=None, task=None):
     """The issue-16 keys of a finished run, as a flat dict for metrics.json (strict: None where undefined).
 
     run: a lib.runs.RunDir; cfg: its settings (lib.cli.Settings of its config); ood / shift: SPECs of
@@ -133,7 +133,7 @@ def evaluate_run(run, cfg, accelerator, ood=(), shift=(), members=None, reliabil
     path for the reliability diagram (written by the main process); log: where notes go (default accelerator.print);
     local: this process predicts every sample alone (member-parallel runs, a one-process script).
     sets: {"ood": [...], "shift": [...]} already loaded by load_sets (tests; default: loaded from the specs).
-    probs / logits: the members' test predictions when they are not (yet) the saved ones (evaluate --from_weights).
+    probs / logits / val_logits: the members' predictions when they are not (yet) the saved ones (--from_weights).
     task: the run's lib.data.TaskData when it is already loaded (Experiment.data), else it is loaded here if needed.
     sel/* and cal/* need only saved arrays; cal/ts/* needs the members' validation logits (a run made with a
     validation split) and test logits; ood/* and shift/* rebuild the members from their weights."""
@@ -143,7 +143,7 @@ def evaluate_run(run, cfg, accelerator, ood=(), shift=(), members=None, reliabil
     probs = run.load_probs(n) if probs is None else probs
     check_finite(probs, "the test set")
     logits = saved(run, n, "logits") if logits is None else logits
-    val_logits = saved(run, n, "val_logits")
+    val_logits = saved(run, n, "val_logits") if val_logits is None else val_logits
     val_labels = np.load(run.file("val_labels.npy")) if os.path.exists(run.file("val_labels.npy")) else None
     result = prefixed("sel/", uncertainty.selective_report(probs, labels))
     if val_logits is None or val_labels is None or logits is None:

@@ -92,13 +92,14 @@ def main():
         labels = np.load(run.file("labels.npy"))
         arrays = repredict(run, cfg, acc, n) if a.from_weights else {"probs": run.load_probs(n)}
         check_finite(arrays["probs"], "the test set")
-        result = run_summary(run, arrays["probs"], labels, run.config)
+        result = run_summary(run, arrays["probs"], labels, run.config, val_probs=arrays.get("val_probs"))
         reliability = a.reliability
         if reliability and not writable(os.path.dirname(os.path.abspath(reliability)) or "."):
             acc.print(f"note: {os.path.dirname(os.path.abspath(reliability))} is read-only: no reliability diagram")
             reliability = None
         result.update(evaluate_run(run, cfg, acc, ood=a.ood_dataset, shift=a.shift_dataset, members=n,
-                                   reliability=reliability, probs=arrays["probs"], logits=arrays.get("logits")))
+                                   reliability=reliability, probs=arrays["probs"], logits=arrays.get("logits"),
+                                   val_logits=arrays.get("val_logits")))
         if n < planned:
             result.update(partial=True, planned_members=planned)
         if not acc.is_main_process:

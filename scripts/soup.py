@@ -25,7 +25,7 @@ from scipy.special import softmax  # noqa: E402
 from lib import metrics, soups  # noqa: E402
 from lib.cli import Parser  # noqa: E402
 from lib.data import load_task, train_loader  # noqa: E402
-from lib.evaluation import lock_for_writing, member_models, merge_metrics, predict_logits, run_settings  # noqa: E402
+from lib.evaluation import lock_for_writing, merge_metrics, predict_logits, run_settings  # noqa: E402
 from lib.models import build_model, stage_map  # noqa: E402
 from lib.runs import load_json, open_run  # noqa: E402
 from lib.seeding import seed_for  # noqa: E402
@@ -95,8 +95,7 @@ def main():
         if "greedy" in a.mode:
             check(data.val is not None, "--mode greedy: the run's validation split could not be rebuilt")
             y_val = np.load(run.file("val_labels.npy"))
-            members = member_models(run, cfg.arch, data.num_classes, n, acc.device, image_size=cfg.image_size)
-            own = metrics.member_accuracy(softmax(predict_logits(acc, members, data.val, cfg, local=True), -1), y_val)
+            own = metrics.member_accuracy(run.load_probs(n, "val_probs"), y_val)  # saved with each member
             soup, kept, steps = soups.greedy_soup(states, lambda s: metrics.accuracy(soup_probs(s, data.val), y_val),
                                                   own)
             print(f"greedy: start from member {steps[0][0]} (validation acc {steps[0][1]:.2f} %)")
