@@ -57,7 +57,6 @@ DATASET_DEFAULTS = {
 DATASET_DEFAULTS["cifar10"] = dict(DATASET_DEFAULTS["cifar100"])
 DATASET_DEFAULTS["hf"] = dict(DATASET_DEFAULTS["cifar100"])
 DATASET_DEFAULTS["imagefolder"] = dict(DATASET_DEFAULTS["cifar100"])
-FREEZE_CHOICES = ["none", "stage2", "stage3", "stage4", "stage5", "head"]
 TRACKERS = ["tensorboard", "wandb", "all", "none"]
 
 
@@ -195,7 +194,7 @@ def base_parser(description):
 def add_freeze_args(parser, help_freeze, default="none"):
     g = parser.add_argument_group("frozen stages (thesis section 5)")
     g.add_argument("--freeze", default=default, metavar="STAGE",  # checked against --arch's stages (lib/models.py)
-                   help=f"{help_freeze} (ResNets: {', '.join(FREEZE_CHOICES)}; other archs: --list_stages)")
+                   help=f"{help_freeze} (ResNets: {', '.join(models.FREEZE_CHOICES)}; other archs: --list_stages)")
     g.add_argument("--frozen_bn", choices=["eval", "train"], default="eval",
                    help="BatchNorm of frozen stages: eval keeps running statistics fixed; train updates them "
                         "(the reference code)")

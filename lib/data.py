@@ -288,10 +288,6 @@ def cifar_root(kind, data_dir):
     return data_dir
 
 
-def cifar100_root(data_dir):
-    return cifar_root("cifar100", data_dir)
-
-
 def _cifar_class(kind="cifar100"):
     from torchvision.datasets import CIFAR10, CIFAR100
 
@@ -311,10 +307,6 @@ def _cifar_class(kind="cifar100"):
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     return CIFARFolder
-
-
-def _cifar100_class():
-    return _cifar_class("cifar100")
 
 
 def read_cifar(kind, data_dir, train, download=False, transform=None, test_only=False):

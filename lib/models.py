@@ -37,7 +37,6 @@ from .runs import file_sha256
 
 # ResNet-50's names (the thesis'); every other model's come from stage_map(model) / arch_stages(arch)
 STAGES = RESNET_STAGES
-STAGE_MODULES = RESNET_STAGE_MODULES
 FREEZE_CHOICES = RESNET_MAP.freeze_choices
 
 

@@ -25,7 +25,6 @@ from . import metrics
 from .figures import pyplot, save_figure
 
 SCORES = ("msp", "entropy", "mutual_information", "energy", "max_logit")
-LOGIT_SCORES = ("energy", "max_logit")  # need logits, not probabilities
 COVERAGES = (80, 90, 95)                # selective prediction: accuracy of the most confident 80/90/95 %
 TPR_FOR_FPR = 95                        # FPR95: false-positive rate at 95 % true-positive rate
 N_BINS = 15                             # ECE / adaptive ECE / reliability bins (lib.metrics.ece uses 15)

@@ -3,13 +3,12 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from .models import RESNET_STAGE_MODULES, arch_stages, meta_model
+from .models import arch_stages, meta_model
 
 REPR_STAGES = ["stage2", "stage3", "stage4", "stage5", "avgpool"]  # ResNets'; any arch: repr_stages(arch)
 # The AvgPool layer has no weights: the thesis' "AvgPool layer weights" are read here as those of fc, the linear
 # layer that reads the AvgPool output. Every model: the pool stage's weights are the parameters from its last stage
 # to the logits (final norms, the head).
-WEIGHT_MODULES = {**{s: RESNET_STAGE_MODULES[s] for s in REPR_STAGES[:4]}, "avgpool": ["fc"]}
 
 
 def repr_stages(arch):
