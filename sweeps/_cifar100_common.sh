@@ -34,6 +34,19 @@ PHASE1="$PHASE1 --mixed_precision $PRECISION --cache_dir $CACHE$([ "$VAL_SPLIT" 
 CYCLES="--members 5 --cycle_lr 0.1 --cycle_epochs 12"
 SELECT=$([ "$VAL_SPLIT" = none ] || echo "--select_by val")   # report.py: each method's best setting on validation
 
+# Global DE of every seed: one fine-tune of each of the checkpoints $3.. with the flags $1, into $2/seed<s>; skipped,
+# with a line saying why, unless every checkpoint file is there.
+global_de() {
+  local flags=$1 dir=$2; shift 2
+  if ls "$@" >/dev/null 2>&1; then
+    for s in $SEEDS; do
+      run $LAUNCH scripts/finetune.py $flags --pretrained "$@" --seed "$s" --output_dir "$dir/seed$s"
+    done
+  else
+    echo "Global DE skipped: it needs the $# checkpoints $*" >&2
+  fi
+}
+
 # Stage 1 of every sweep: phase I of checkpoint $1 with seed $2, a plain fine-tune whose cache entry every method of
 # that checkpoint and seed reuses (so a stage-2 task never waits on another for it).
 phase1() {

@@ -17,14 +17,7 @@ for c in $CKPTS; do
   done
 done
 # Global DE: one fine-tune of each of 5 checkpoints
-if ls "$(ckpt 1)" "$(ckpt 2)" "$(ckpt 3)" "$(ckpt 4)" "$(ckpt 5)" >/dev/null 2>&1; then
-  for s in $SEEDS; do
-    run $LAUNCH scripts/finetune.py $PHASE1 --pretrained "$(ckpt 1)" "$(ckpt 2)" "$(ckpt 3)" "$(ckpt 4)" "$(ckpt 5)" \
-        --seed "$s" --output_dir "$OUT/global_de/seed$s"
-  done
-else
-  echo "Global DE skipped: it needs the 5 checkpoints $CKPT_DIR/byol-1000ep-{1..5}.pt" >&2
-fi
+global_de "$PHASE1" "$OUT/global_de" "$(ckpt 1)" "$(ckpt 2)" "$(ckpt 3)" "$(ckpt 4)" "$(ckpt 5)"
 
 stage report "the table"
 run $PY scripts/report.py "$OUT" $SELECT --out "$OUT/report_core" --title "BYOL ResNet-50 -> CIFAR-100, ensembles of 5"

@@ -36,13 +36,10 @@ for c in $SWIN_CKPTS; do
     run $LAUNCH scripts/starsse.py  $SWIN $SWIN_CYCLES --pretrained "$(swin "$c")" --seed "$s" --output_dir "$OUT/swin/starsse/ckpt$c-seed$s"
   done
 done
-if [ "$SWIN_PRETRAINED" != timm ] && ls "$(swin 1)" "$(swin 2)" "$(swin 3)" "$(swin 4)" "$(swin 5)" >/dev/null 2>&1; then
-  for s in $SEEDS; do
-    run $LAUNCH scripts/finetune.py $SWIN --pretrained "$(swin 1)" "$(swin 2)" "$(swin 3)" "$(swin 4)" "$(swin 5)" \
-        --seed "$s" --output_dir "$OUT/swin/global_de/seed$s"
-  done
+if [ "$SWIN_PRETRAINED" = timm ]; then
+  echo "Global DE skipped: timm's weights are one checkpoint" >&2
 else
-  echo "Global DE skipped: it needs the 5 checkpoints $CKPT_DIR/swin_{1..5}.pth" >&2
+  global_de "$SWIN" "$OUT/swin/global_de" "$(swin 1)" "$(swin 2)" "$(swin 3)" "$(swin 4)" "$(swin 5)"
 fi
 
 stage report "the table"
