@@ -8,7 +8,6 @@ Data are random images written in the real CIFAR-100 format (nothing is download
 """
 import argparse
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
@@ -22,19 +21,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib.data import load_cifar100_task  # noqa: E402
 from lib.models import build_model  # noqa: E402
 from lib.train import LoopSettings, fit, make_accelerator  # noqa: E402
+from _cifar_like import cifar100_files  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--smoke", action="store_true")
 a = p.parse_args()
 SIZE, BATCH, STEPS, N = (32, 16, 3, 64) if a.smoke else (224, 256, 60, 16384)
 root = tempfile.mkdtemp()
-os.makedirs(f"{root}/cifar-100-python")
-rng = np.random.RandomState(0)
-for name, n in (("train", N), ("test", N // 4)):
-    with open(f"{root}/cifar-100-python/{name}", "wb") as f:
-        pickle.dump({"data": rng.randint(0, 256, (n, 3072), dtype=np.uint8), "fine_labels": list(rng.randint(0, 100, n))}, f)
-with open(f"{root}/cifar-100-python/meta", "wb") as f:
-    pickle.dump({"fine_label_names": [str(i) for i in range(100)]}, f)
+cifar100_files(root, N, N // 4)
 
 mp = "no" if a.smoke else "fp16"
 loop = LoopSettings(batch_size=BATCH, momentum=0.9, weight_decay=1e-4, quiet=True)

@@ -14,26 +14,14 @@ import argparse
 import glob
 import json
 import os
-import pickle
 import subprocess
 import sys
 import tempfile
 import time
 
-import numpy as np
+from _cifar_like import cifar100_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def cifar100_like(root, n_train, n_test, seed=0):
-    rng = np.random.RandomState(seed)
-    os.makedirs(f"{root}/cifar-100-python", exist_ok=True)
-    for name, n in (("train", n_train), ("test", n_test)):
-        with open(f"{root}/cifar-100-python/{name}", "wb") as f:
-            pickle.dump({"data": rng.randint(0, 256, (n, 3072), dtype=np.uint8),
-                         "fine_labels": list(rng.randint(0, 100, n))}, f)
-    with open(f"{root}/cifar-100-python/meta", "wb") as f:
-        pickle.dump({"fine_label_names": [str(i) for i in range(100)]}, f)
 
 
 def main():
@@ -51,7 +39,7 @@ def main():
         flags = ["--epochs", "2", "--members", "2", "--cycle_epochs", "1", "--image_size", "32", "--batch_size", "64",
                  "--arch", "resnet_mini", "--cpu", "--mixed_precision", "no"]
     with tempfile.TemporaryDirectory() as root:
-        cifar100_like(root, n_train, n_test)
+        cifar100_files(root, n_train, n_test)
         out = f"{root}/starsse"
         cmd = [sys.executable, f"{REPO}/scripts/starsse.py", "--dataset", "cifar100", "--data_dir", root,
                "--pretrained", "scratch", "--data_pipeline", "device", "--quiet", "--output_dir", out,
