@@ -12,12 +12,12 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-
 from _cifar_like import PIL32, cifar_like
 from _timing import compare, report
-from lib.data import cifar_transforms
-from lib.device_data import DeviceImages, DeviceLoader
+from torch.utils.data import DataLoader
+
+from lib.data.device import DeviceImages, DeviceLoader
+from lib.data.tasks import cifar_transforms
 
 p = argparse.ArgumentParser()
 p.add_argument("--device", default="cpu", help="where the device pipeline runs")

@@ -1,5 +1,5 @@
-"""Decoding a Hugging Face image data set into the device pipeline's uint8 tensor (lib/sources.py), the first time and
-from the cache, on 50,000 32x32 PNG images in a save_to_disk folder that the benchmark makes in a temporary folder.
+"""Decoding a Hugging Face image data set into the device pipeline's uint8 tensor (lib/data/sources.py), the first time
+and from the cache, on 50,000 32x32 PNG images in a save_to_disk folder that the benchmark makes in a temporary folder.
 
     python benchmarks/decode.py            # --n 50000 --size 32
 The first time every image is opened and checked (header, size, mode, PIL's verify: the scan) and decoded into one
@@ -20,10 +20,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from _timing import timed  # noqa: E402  (puts the repository on sys.path)
 from PIL import Image  # noqa: E402
 
-from _timing import timed  # noqa: E402  (puts the repository on sys.path)
-from lib import sources  # noqa: E402
+from lib.data import sources  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--n", type=int, default=50000, help="images")

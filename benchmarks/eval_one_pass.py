@@ -1,5 +1,5 @@
-"""Evaluating an ensemble: all members in ONE pass over the test set (lib.train.predict_many: each batch is loaded
-and transformed once) against one pass per member, for 5 ResNet-18 members, with the torchvision per-sample test
+"""Evaluating an ensemble: all members in ONE pass over the test set (lib.evaluation.predict.predict_many: each batch is
+loaded and transformed once) against one pass per member, for 5 ResNet-18 members, with the torchvision per-sample test
 pipeline (Resize + CenterCrop of 32x32 CIFAR images, here to 64 px) and with the device pipeline, on this CPU.
 One pass saves (members - 1) x the data time of a pass; the script prints that time beside the totals. On a CPU
 the networks dominate; on a GPU, where ResNet-50 inference runs at thousands of images/s, the data time is the
@@ -9,13 +9,14 @@ larger share.
 """
 
 import numpy as np
-
 from _cifar_like import PIL32, cifar_like
 from _timing import compare, report
-from lib.data import cifar_transforms, test_loader
-from lib.device_data import DeviceImages
-from lib.models import build_model
-from lib.train import make_accelerator, predict, predict_many
+
+from lib.data.device import DeviceImages
+from lib.data.tasks import cifar_transforms, test_loader
+from lib.evaluation.predict import predict, predict_many
+from lib.models.backbones import build_model
+from lib.training.loop import make_accelerator
 
 N, M, SIZE = 1024, 5, 64
 images = cifar_like(N)

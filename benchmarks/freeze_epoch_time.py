@@ -12,9 +12,10 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-
 from _timing import compare, report
-from lib.models import build_model, freeze
+
+from lib.core.freeze import freeze
+from lib.models.backbones import build_model
 
 LEVELS = ["none", "stage4", "stage5", "head"]
 p = argparse.ArgumentParser()

@@ -1,5 +1,5 @@
 """GPU check (about 2 minutes on one H100/H200): ResNet-50 fine-tuning throughput at 224 px with fp16 autocast and
-channels_last, our loop (lib.train.fit) against a bare PyTorch loop on the same device-side data, and the wall
+channels_last, our loop (lib.training.loop.fit) against a bare PyTorch loop on the same device-side data, and the wall
 time of a short StarSSE run through scripts/starsse.py on CIFAR-100-format data.
 
     bash benchmarks/gpu_check.sh              # on a GPU machine
@@ -18,10 +18,12 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.data import load_cifar100_task  # noqa: E402
-from lib.models import build_model  # noqa: E402
-from lib.train import LoopSettings, fit, make_accelerator  # noqa: E402
 from _cifar_like import cifar100_files  # noqa: E402
+
+from lib.data.tasks import load_cifar100_task  # noqa: E402
+from lib.models.backbones import build_model  # noqa: E402
+from lib.settings.schema import LoopSettings  # noqa: E402
+from lib.training.loop import fit, make_accelerator  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--smoke", action="store_true")
@@ -45,7 +47,7 @@ def sync():
 
 
 def bare(steps):
-    from lib.device_data import DeviceLoader
+    from lib.data.device import DeviceLoader
     torch.manual_seed(0)
     model = build_model("resnet50", 100).to(device, memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
@@ -71,7 +73,7 @@ def bare(steps):
 
 
 def ours(epochs=2):
-    """images/s of lib.train.fit's last epoch (its end-of-epoch checkpoint included), and over all epochs."""
+    """images/s of lib.training.loop.fit's last epoch (its end-of-epoch checkpoint included), and over all epochs."""
     torch.manual_seed(0)
     iters = -(-N // BATCH)
     t0 = time.time()
@@ -84,7 +86,7 @@ def ours(epochs=2):
 b = bare(STEPS)
 print(f"bare loop (steps 3..{STEPS}): {b:.0f} images/s", flush=True)
 last, overall = ours()
-print(f"lib.train.fit: {last:.0f} images/s in its 2nd epoch (with its checkpoint), x{last / b:.2f} of the bare loop; "
+print(f"lib.training.loop.fit: {last:.0f} images/s in its 2nd epoch (with its checkpoint), x{last / b:.2f} of the bare loop; "
       f"{overall:.0f} images/s over both epochs (warm-up included)", flush=True)
 cmd = [sys.executable, "scripts/starsse.py", "--dataset", "cifar100", "--data_dir", root, "--pretrained", "scratch",
        "--epochs", "1", "--members", "2", "--cycle_epochs", "1", "--image_size", str(SIZE), "--batch_size", str(BATCH),

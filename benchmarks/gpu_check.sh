@@ -5,8 +5,8 @@
 #   starsse     a whole paper-size StarSSE (5 members, 25 + 4 x 12 epochs, ResNet-50 224 px, batch 256, fp16, device
 #               pipeline) on a CIFAR-100-shaped set: wall time, images/s, time outside training (target < 10 min)
 #   rtd         SSE-RTD / SSE-MSE step cost against SSE at batch 256, 224 px, sequential and overlapped barcodes
-#   speed       lib.train.fit eager vs torch.compile, fp16 vs bf16 (ResNet-50 224 px batch 256), compile time included
-#   throughput  lib.train.fit against a bare PyTorch loop; a short StarSSE command's wall time
+#   speed       lib.training.loop.fit eager vs torch.compile, fp16 vs bf16 (ResNet-50 224 px batch 256), compile time included
+#   throughput  lib.training.loop.fit against a bare PyTorch loop; a short StarSSE command's wall time
 #   freeze      frozen-stage step time and memory at 224 px
 #   pipeline    the device data pipeline on the GPU against torchvision workers
 # About 16 minutes in all on an H100/H200 (starsse ~10-11, rtd ~2, speed ~2, the rest ~3).
@@ -32,7 +32,7 @@ part starsse 720 "paper-size StarSSE end to end" $PY benchmarks/paper_starsse.py
 part rtd 240 "SSE-RTD and SSE-MSE step cost (sequential and overlapped barcodes)" \
   $PY benchmarks/sse_rtd_step_cost.py --device cuda
 part speed 300 "torch.compile and bf16 against eager fp16" $PY benchmarks/step_speed.py --device cuda
-part throughput 240 "lib.train.fit against a bare loop; a short StarSSE" $PY benchmarks/gpu_check.py
+part throughput 240 "lib.training.loop.fit against a bare loop; a short StarSSE" $PY benchmarks/gpu_check.py
 part freeze 180 "frozen stages: per-step time (thesis per-epoch 0.60 / 0.40 / 0.32)" \
   $PY benchmarks/freeze_epoch_time.py --device cuda --size 224 --batch 128 --fp16
 part pipeline 120 "data pipeline on the GPU" $PY benchmarks/data_pipeline.py --device cuda

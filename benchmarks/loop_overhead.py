@@ -1,4 +1,4 @@
-"""Our training loop (lib.train.fit: accelerate, schedule array, taps, resumable epochs, metrics) against a bare
+"""Our training loop (lib.training.loop.fit: accelerate, schedule array, taps, resumable epochs, metrics) against a bare
 PyTorch loop: same model, data, batch size, optimiser and number of steps, fp32 on this CPU.
 
     python benchmarks/loop_overhead.py
@@ -7,12 +7,13 @@ PyTorch loop: same model, data, batch size, optimiser and number of steps, fp32 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _timing import compare, report
 from torch.utils.data import DataLoader
 
-from _timing import compare, report
-from lib.data import load_digits_task
-from lib.models import build_model
-from lib.train import LoopSettings, fit, make_accelerator
+from lib.data.tasks import load_digits_task
+from lib.models.backbones import build_model
+from lib.settings.schema import LoopSettings
+from lib.training.loop import fit, make_accelerator
 
 EPOCHS, BATCH = 3, 32
 task = load_digits_task(60)  # 600 labelled digits: 19 steps per epoch
@@ -47,7 +48,7 @@ def bare():
             opt.step()
 
 
-results = compare({"bare PyTorch loop": bare, "lib.train.fit": ours}, reps=7, warmup=1)
+results = compare({"bare PyTorch loop": bare, "lib.training.loop.fit": ours}, reps=7, warmup=1)
 report(f"resnet_mini on digits, {EPOCHS} epochs x 19 steps, batch {BATCH}, fp32 CPU", results, "bare PyTorch loop")
-base, t = results["bare PyTorch loop"][0], results["lib.train.fit"][0]
+base, t = results["bare PyTorch loop"][0], results["lib.training.loop.fit"][0]
 print(f"loop overhead: {100 * (t / base - 1):+.1f} %")

@@ -11,9 +11,9 @@ explodes (2.2 s at N=128 for independent noise of the features' own size); real 
 on model 1's scale.
 """
 import torch
-
 from _timing import compare, report
-from lib.rtd import distance_matrix, rtd_loss
+
+from lib.core.rtd import distance_matrix, rtd_loss
 
 N, D = 256, 2048
 torch.manual_seed(0)

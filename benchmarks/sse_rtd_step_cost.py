@@ -20,11 +20,12 @@ import argparse
 
 import torch
 import torch.nn.functional as F
-
 from _timing import compare, report
-from lib.losses import Deferred, FeatureSimilarity
-from lib.models import build_model, taps
-from lib.train import Step
+
+from lib.core.losses import Deferred, FeatureSimilarity
+from lib.models.backbones import build_model
+from lib.models.stages import taps
+from lib.training.loop import Step
 
 
 def variants(arch, batch, size, classes, device="cpu", fp16=False):
@@ -70,7 +71,7 @@ def variants(arch, batch, size, classes, device="cpu", fp16=False):
     scaler = torch.amp.GradScaler(enabled=fp16)
 
     def step(term):
-        def run():  # as lib.train.fit: a Deferred term's backward follows the CE backward
+        def run():  # as lib.training.loop.fit: a Deferred term's backward follows the CE backward
             with taps(model, ["stage2", "avgpool"]) as feats, torch.autocast(x.device.type, torch.float16, enabled=fp16):
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)

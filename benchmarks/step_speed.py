@@ -1,4 +1,4 @@
-"""Training speed of lib.train.fit under torch.compile and under each mixed precision, side by side in one run.
+"""Training speed of lib.training.loop.fit under torch.compile and under each mixed precision, side by side in one run.
 
 Each variant runs in its own process (accelerate's precision is set once per process): ResNet-50 (or --arch) on
 CIFAR-100-shaped random uint8 images through the device pipeline at --size px, batch --batch, for 2 epochs of
@@ -33,9 +33,10 @@ VARIANTS = {  # name: (mixed precision, compile)
 
 def one(a):
     """Run one variant in this process and print its JSON line."""
-    from lib.device_data import DeviceImages
-    from lib.models import build_model
-    from lib.train import LoopSettings, fit, make_accelerator
+    from lib.data.device import DeviceImages
+    from lib.models.backbones import build_model
+    from lib.settings.schema import LoopSettings
+    from lib.training.loop import fit, make_accelerator
     precision, compiled = VARIANTS[a.variant]
     cpu = a.device == "cpu"
     acc = make_accelerator(cpu=cpu, mixed_precision="no" if cpu and precision == "fp16" else precision)

@@ -8,18 +8,20 @@ correlation over all pairs of all runs (thesis: -0.625) and the mean of the corr
 Writes <out>/diversity_pairs.csv (one row per pair of members; columns in the README), diversity_cosine.png
 (figure 6.2: every pair, one colour per run), diversity_cosine_runs.png (figure 6.4: one row per run for the first
 --rows runs: all pairs, pairs with member 1, the other pairs), diversity_structure.json (the correlations) and
-diversity_structure.md (with table 6.2 for the first --matrices runs). Diversity as lib.metrics (100 * disagreement
-/ max(err1, err2)); cosine of all parameters (BatchNorm running statistics excluded), raw weights as the thesis.
+diversity_structure.md (with table 6.2 for the first --matrices runs). Diversity as lib.evaluation.metrics (100 *
+disagreement / max(err1, err2)); cosine of all parameters (BatchNorm running statistics excluded), raw weights as the
+thesis.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import check, cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import check, cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-from lib.cli import runs_parser  # noqa: E402
-from lib.diversity import analyze  # noqa: E402
-from lib.runs import atomic_write  # noqa: E402
+from lib.analysis.diversity import analyze  # noqa: E402
+from lib.cli.parser import runs_parser  # noqa: E402
+from lib.infra.files import atomic_write  # noqa: E402
 
 
 def build_parser():

@@ -22,17 +22,30 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import check, cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import check, cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
 import numpy as np  # noqa: E402
 
-from lib.cli import Parser  # noqa: E402
-from lib.data import load_task, test_loader  # noqa: E402
-from lib.evaluation import (check_finite, evaluate_run, lock_for_writing, member_models, merge_metrics,  # noqa: E402
-                            run_settings, summary_lines, writable)
-from lib.experiment import format_result  # noqa: E402
-from lib.runs import open_run, run_summary, save_array  # noqa: E402
-from lib.train import LoopSettings, make_accelerator, memory_format, predict_many  # noqa: E402
+from lib.cli.parser import Parser  # noqa: E402
+from lib.data.tasks import load_task, test_loader  # noqa: E402
+from lib.evaluation.evaluate import (  # noqa: E402
+    check_finite,
+    evaluate_run,
+    lock_for_writing,
+    member_models,
+    merge_metrics,
+    run_settings,
+    run_summary,  # noqa: E402
+    summary_lines,
+    writable,
+)
+from lib.evaluation.predict import memory_format, predict_many  # noqa: E402
+from lib.infra.files import save_array  # noqa: E402
+from lib.runs.rundir import open_run  # noqa: E402
+from lib.settings.schema import LoopSettings  # noqa: E402
+from lib.training.experiment import format_result  # noqa: E402
+from lib.training.loop import make_accelerator  # noqa: E402
 
 
 def repredict(run, cfg, acc, n):

@@ -13,23 +13,29 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-from lib.cli import base_parser, parse  # noqa: E402
-from lib.experiment import Experiment  # noqa: E402
+from lib.cli.parser import parse, script_parser  # noqa: E402
+from lib.settings import methods  # noqa: E402
+from lib.training.experiment import Experiment  # noqa: E402
 
 
 def method(cfg):
     """Fine-tune (one model), Local DE (N fine-tunes of one checkpoint) or Global DE (one of each); from scratch too."""
     if cfg.pretrained == ["scratch"]:
-        return "Scratch" if cfg.members == 1 else "Scratch DE"
-    return "Global DE" if len(cfg.pretrained) > 1 else ("Local DE" if cfg.members > 1 else "Fine-tune")
+        return methods.SCRATCH if cfg.members == 1 else methods.SCRATCH_DE
+    return methods.GLOBAL_DE if len(cfg.pretrained) > 1 else (methods.LOCAL_DE if cfg.members > 1 else
+                                                              methods.FINE_TUNE)
+
+
+def build_parser():
+    return script_parser(__doc__, __file__)  # the common flags; --members 1 unless given (lib/settings/schema.py)
 
 
 @cli_main
-def main():
-    cfg = parse(base_parser(__doc__), method, checkpoints="many",
-                defaults=lambda a: {"members": 1})  # one model unless --members asks for a Local DE
+def main(argv=None):
+    cfg = parse(build_parser(), method, argv)
     exp = Experiment(cfg)
 
     for i in range(1, cfg.members + 1):

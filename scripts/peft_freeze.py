@@ -11,22 +11,27 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-from lib.cli import add_freeze_args, base_parser, parse  # noqa: E402
-from lib.experiment import Experiment  # noqa: E402
+from lib.cli.parser import parse, script_parser  # noqa: E402
+from lib.settings import methods  # noqa: E402
+from lib.training.experiment import Experiment  # noqa: E402
 
 
 def method(cfg):
-    kind = "Global DE" if len(cfg.pretrained) > 1 else ("Local DE" if cfg.members > 1 else "Fine-tune")
-    return f"{kind} (freeze {cfg.freeze})"
+    kind = methods.GLOBAL_DE if len(cfg.pretrained) > 1 else (methods.LOCAL_DE if cfg.members > 1 else
+                                                              methods.FINE_TUNE)
+    return kind.frozen(cfg.freeze)
+
+
+def build_parser():
+    return script_parser(__doc__, __file__)  # the common flags, --freeze (stage4), --frozen_bn; --members 1
 
 
 @cli_main
-def main():
-    parser = add_freeze_args(base_parser(__doc__), "freeze every stage before this one, from the start",
-                             default="stage4")
-    cfg = parse(parser, method, checkpoints="many", defaults=lambda a: {"members": 1})
+def main(argv=None):
+    cfg = parse(build_parser(), method, argv)
     exp = Experiment(cfg)
 
     for i in range(1, cfg.members + 1):      # independent fine-tunes, frozen stages from the first step

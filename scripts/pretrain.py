@@ -12,10 +12,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import check, cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import check, cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-from lib.cli import Parser  # noqa: E402
-from lib.pretrain import BYOL_DEFAULTS, default_checkpoint, pretrain_digits  # noqa: E402
+from lib.cli.parser import Parser  # noqa: E402
+from lib.training.pretrain import BYOL_DEFAULTS, default_checkpoint, pretrain_digits  # noqa: E402
 
 
 @cli_main

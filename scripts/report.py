@@ -14,11 +14,12 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-from lib.cli import runs_parser  # noqa: E402
-from lib.report import add_table_args, collect, plot_curves, results_table, runs_csv  # noqa: E402
-from lib.runs import atomic_write  # noqa: E402
+from lib.analysis.report import add_table_args, collect, plot_curves, results_table, runs_csv  # noqa: E402
+from lib.cli.parser import runs_parser  # noqa: E402
+from lib.infra.files import atomic_write  # noqa: E402
 
 
 @cli_main

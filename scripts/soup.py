@@ -16,20 +16,25 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import check, cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import check, cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy.special import softmax  # noqa: E402
 
-from lib import metrics, soups  # noqa: E402
-from lib.cli import Parser  # noqa: E402
-from lib.data import load_task, train_loader  # noqa: E402
-from lib.evaluation import lock_for_writing, merge_metrics, predict_logits, run_settings  # noqa: E402
-from lib.models import build_model, stage_map  # noqa: E402
-from lib.runs import load_json, open_run  # noqa: E402
-from lib.seeding import seed_for  # noqa: E402
-from lib.train import make_accelerator  # noqa: E402
+from lib.cli.parser import Parser  # noqa: E402
+from lib.data.tasks import load_task, train_loader  # noqa: E402
+from lib.evaluation import (
+    metrics,  # noqa: E402
+    soups,  # noqa: E402
+)
+from lib.evaluation.evaluate import lock_for_writing, merge_metrics, predict_logits, run_settings  # noqa: E402
+from lib.infra.files import load_json  # noqa: E402
+from lib.infra.seeding import seed_for  # noqa: E402
+from lib.models.backbones import build_model, stage_map  # noqa: E402
+from lib.runs.rundir import open_run  # noqa: E402
+from lib.training.loop import make_accelerator  # noqa: E402
 
 BN_BATCHES = 100    # default --bn_recalibrate for BN models: one epoch of training batches, at most this many
 BN_STREAM = 11      # seed stream of the recalibration batches: (seed, BN_STREAM)

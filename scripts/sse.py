@@ -13,18 +13,21 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-from lib.cli import base_parser, parse  # noqa: E402
-from lib.experiment import Experiment  # noqa: E402
+from lib.cli.parser import parse, script_parser  # noqa: E402
+from lib.settings import methods  # noqa: E402
+from lib.training.experiment import Experiment  # noqa: E402
+
+
+def build_parser():
+    return script_parser(__doc__, __file__)  # the common flags and --standard (lib/settings/schema.py)
 
 
 @cli_main
-def main():
-    parser = base_parser(__doc__)
-    parser.add_argument("--standard", action="store_true",
-                        help="Standard SSE: the first cycle too has the cycle schedule (no phase I)")
-    cfg = parse(parser, lambda a: "Standard SSE" if a.standard else "SSE")
+def main(argv=None):
+    cfg = parse(build_parser(), lambda c: methods.STANDARD_SSE if c.standard else methods.SSE, argv)
     exp = Experiment(cfg)
 
     # phase I: model 1 (cached, shared with StarSSE and Local DE); Standard SSE: a first cycle like every other

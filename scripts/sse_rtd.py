@@ -18,38 +18,25 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import cli_main, interrupt_quietly  # noqa: E402
-interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-from lib.cli import base_parser, parse  # noqa: E402
-from lib.experiment import Experiment  # noqa: E402
-from lib.losses import FeatureSimilarity, parse_layers  # noqa: E402
+from lib.infra.errors import cli_main, interrupt_quietly  # noqa: E402
 
-THESIS_ALPHA = {("rtd", False): 0.0316, ("rtd", True): 0.0316, ("mse", False): 20.0, ("mse", True): 10.0}
+interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
+from lib.cli.parser import parse, script_parser  # noqa: E402
+from lib.core.losses import FeatureSimilarity, parse_layers  # noqa: E402
+from lib.settings import methods  # noqa: E402
+from lib.training.experiment import Experiment  # noqa: E402
+
+METHOD = {("rtd", False): methods.SSE_RTD, ("mse", False): methods.SSE_MSE, ("rtd", True): methods.STARSSE_RTD,
+          ("mse", True): methods.STARSSE_MSE}
+
+
+def build_parser():
+    return script_parser(__doc__, __file__)  # the common flags and the similarity group (lib/settings/schema.py)
 
 
 @cli_main
-def main():
-    p = base_parser(__doc__)
-    g = p.add_argument_group("similarity regulariser")
-    g.add_argument("--similarity", choices=["rtd", "mse"], default="rtd")
-    g.add_argument("--alpha", type=float, default=None,
-                   help="weight of the term (thesis optima: RTD 0.0316; MSE 20 for SSE, 10 for StarSSE)")
-    g.add_argument("--layers", nargs="+", default=["avgpool"],
-                   help="any of stage2 stage3 stage4 stage5 avgpool, each optionally name:weight (default avgpool)")
-    g.add_argument("--star", action="store_true", help="StarSSE-RTD / StarSSE-MSE: every cycle starts from model 1")
-    g.add_argument("--reference", choices=["model1", "pretrained"], default="model1",
-                   help="the representations to stay close to: model 1's (thesis) or the pre-trained checkpoint's "
-                        "(thesis section 4's alternative); cycles 2..M only")
-    g.add_argument("--rtd_card", type=int, default=50, help="most persistent H1 bars kept per direction")
-    g.add_argument("--rtd_variant", choices=["rtd-ae", "exact"], default="rtd-ae")
-    g.add_argument("--rtd_normalize", choices=["sqrt_dim", "quantile", "none"], default="sqrt_dim")
-    g.add_argument("--rtd_overlap", choices=["on", "off"], default="off",
-                   help="compute the barcodes in worker processes while the cross-entropy's backward runs, then add "
-                        "the RTD term's own backward; the same loss and gradients as off. Off by default: the second "
-                        "backward costs more than the overlap saves on a CPU (benchmarks/sse_rtd_step_cost.py), and "
-                        "it is not yet measured on a GPU")
-    cfg = parse(p, lambda a: ("StarSSE-" if a.star else "SSE-") + a.similarity.upper(),
-                defaults=lambda a: {"alpha": THESIS_ALPHA[(a.similarity, a.star)]})
+def main(argv=None):
+    cfg = parse(build_parser(), lambda c: METHOD[(c.similarity, c.star)], argv)
     layers = parse_layers(cfg.layers)
     reg = FeatureSimilarity(cfg.similarity, cfg.alpha, layers, cfg.rtd_card, cfg.rtd_variant,
                             None if cfg.rtd_normalize == "none" else cfg.rtd_normalize)  # checks values first

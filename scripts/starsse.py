@@ -12,16 +12,25 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-from lib.cli import add_freeze_args, base_parser, parse  # noqa: E402
-from lib.experiment import Experiment  # noqa: E402
+from lib.cli.parser import parse, script_parser  # noqa: E402
+from lib.settings import methods  # noqa: E402
+from lib.training.experiment import Experiment  # noqa: E402
+
+
+def build_parser():
+    return script_parser(__doc__, __file__)  # the common flags and --freeze, --frozen_bn (lib/settings/schema.py)
+
+
+def method(cfg):
+    return methods.STARSSE if cfg.freeze == "none" else methods.STARSSE.frozen(cfg.freeze)
 
 
 @cli_main
-def main():
-    parser = add_freeze_args(base_parser(__doc__), "cycles 2..M freeze every stage before this one")
-    cfg = parse(parser, lambda a: "StarSSE" if a.freeze == "none" else f"StarSSE (freeze {a.freeze})")
+def main(argv=None):
+    cfg = parse(build_parser(), method, argv)
     exp = Experiment(cfg)
 
     w1 = exp.finetune(1)                      # phase I: model 1, fully fine-tuned (cached, shared with SSE, Local DE)

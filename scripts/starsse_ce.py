@@ -11,22 +11,23 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-from lib.cli import base_parser, parse  # noqa: E402
-from lib.experiment import Experiment  # noqa: E402
-from lib.losses import PredictionDiversity, compute_dtype  # noqa: E402
+from lib.cli.parser import parse, script_parser  # noqa: E402
+from lib.core.losses import PredictionDiversity, compute_dtype  # noqa: E402
+from lib.settings import methods  # noqa: E402
+from lib.training.experiment import Experiment  # noqa: E402
+
+
+def build_parser():
+    return script_parser(__doc__, __file__)  # the common flags, --alpha, --mode, --include_first
 
 
 @cli_main
-def main():
-    p = base_parser(__doc__)
-    g = p.add_argument_group("StarSSE-CE")
-    g.add_argument("--alpha", type=float, default=0.1, help="weight of the diversity term (thesis optimum 0.1)")
-    g.add_argument("--mode", choices=["all", "incorrect"], default="incorrect",
-                   help="all samples (thesis (1)) or only those member j gets wrong (thesis (2))")
-    g.add_argument("--include_first", action="store_true", help="model 1 can be drawn as member j too")
-    cfg = parse(p, lambda a: f"StarSSE-CE ({a.mode})")
+def main(argv=None):
+    cfg = parse(build_parser(), lambda c: methods.STARSSE_CE_ALL if c.mode == "all" else methods.STARSSE_CE_INCORRECT,
+                argv)
     term = PredictionDiversity(cfg.alpha, cfg.mode, cfg.include_first, cfg.seed)  # checks values first
     exp = Experiment(cfg)
     device, dtype = exp.accelerator.device, compute_dtype(exp.accelerator)

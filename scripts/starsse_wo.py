@@ -14,21 +14,23 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-from lib.cli import base_parser, parse  # noqa: E402
-from lib.experiment import Experiment  # noqa: E402
-from lib.losses import WeightOrthogonality, compute_dtype  # noqa: E402
+from lib.cli.parser import parse, script_parser  # noqa: E402
+from lib.core.losses import WeightOrthogonality, compute_dtype  # noqa: E402
+from lib.settings import methods  # noqa: E402
+from lib.training.experiment import Experiment  # noqa: E402
+
+
+def build_parser():
+    return script_parser(__doc__, __file__)  # the common flags, --alpha, --wo_space (lib/settings/schema.py)
 
 
 @cli_main
-def main():
-    p = base_parser(__doc__)
-    g = p.add_argument_group("StarSSE-WO")
-    g.add_argument("--alpha", type=float, default=10.0, help="weight of cos^2 (thesis grid -31.6 .. 31.6; script 10)")
-    g.add_argument("--wo_space", choices=["raw", "delta"], default="raw",
-                   help="raw weights (thesis) or displacements from model 1")
-    cfg = parse(p, lambda a: "StarSSE-WO" if a.wo_space == "raw" else "StarSSE-WO (delta)")
+def main(argv=None):
+    cfg = parse(build_parser(), lambda c: methods.STARSSE_WO if c.wo_space == "raw" else methods.STARSSE_WO_DELTA,
+                argv)
     term = WeightOrthogonality(cfg.alpha, cfg.wo_space, cfg.seed)  # checks values first
     exp = Experiment(cfg)
     device, dtype = exp.accelerator.device, compute_dtype(exp.accelerator)

@@ -21,13 +21,18 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from lib.errors import check, cli_main, interrupt_quietly  # noqa: E402
+from lib.infra.errors import check, cli_main, interrupt_quietly  # noqa: E402
+
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-from lib import diversity, representations, subsets  # noqa: E402
-from lib.cli import Parser  # noqa: E402
-from lib.methods import directory  # noqa: E402
-from lib.report import add_table_args, collect, plot_curves, regime, results_table, runs_csv  # noqa: E402
-from lib.runs import atomic_write  # noqa: E402
+from lib.analysis import (
+    diversity,  # noqa: E402
+    representations,  # noqa: E402
+    subsets,  # noqa: E402
+)
+from lib.analysis.report import add_table_args, collect, plot_curves, regime, results_table, runs_csv  # noqa: E402
+from lib.cli.parser import Parser  # noqa: E402
+from lib.infra.files import atomic_write  # noqa: E402
+from lib.settings.methods import directory  # noqa: E402
 
 SECTIONS = ["results", "representations", "diversity", "subsets"]
 MAX_CURVES = 12

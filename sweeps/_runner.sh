@@ -19,10 +19,10 @@
 #
 # Preemption under Slurm: tasks are submitted with --requeue --signal=B:USR1@$SIGNAL_BEFORE. On USR1 (the time
 # limit is near) the task tells its command to stop (SIGTERM): the run finishes the current step, writes its resume
-# point and exits (lib/preemption.py), and the task requeues itself (scontrol requeue). On SIGTERM (scancel, scontrol
+# point and exits (lib/infra/preemption.py), and the task requeues itself (scontrol requeue). On SIGTERM (scancel, scontrol
 # requeue, preemption) Slurm signals every process itself and decides whether the job comes back. A requeued task
 # runs the same command again, which resumes. Two tasks that need the same phase-I cache entry are safe: it is locked
-# (lib/locks.py).
+# (lib/infra/locks.py).
 
 RUNNER=${RUNNER:-local}
 JOBS=${JOBS:-1}
@@ -218,7 +218,7 @@ _slurm_task() {
   elif [ -n "$got_term" ]; then
     echo "[$(date '+%F %T')] stopped by SIGTERM (exit status $rc); Slurm requeues the task or ends it"
     exit "$rc"
-  elif [ -n "$got_usr1" ] || [ "$rc" -eq 75 ]; then  # 75: lib.errors.PREEMPTED_EXIT, the resume point is written
+  elif [ -n "$got_usr1" ] || [ "$rc" -eq 75 ]; then  # 75: lib.infra.errors.PREEMPTED_EXIT, the resume point is written
     echo "[$(date '+%F %T')] preempted (exit status $rc): requeueing job $SLURM_JOB_ID; the next start resumes"
     _requeue_self
     exit "$rc"

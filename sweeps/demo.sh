@@ -26,7 +26,7 @@ METHODS=${METHODS:-"scratch local_de global_de standard_sse sse starsse sse_rtd 
 ANALYSES=${ANALYSES:-1}
 PHASE1="--dataset digits --cache_dir $CACHE --quiet${DEMO_FLAGS:+ $DEMO_FLAGS}"   # the phase-I settings of every method below
 # digits have no natural out-of-distribution set inside a package: pixel-permuted digits (pixel statistics kept,
-# structure lost), uniform noise, digits upside down (lib.data.load_eval_set)
+# structure lost), uniform noise, digits upside down (lib.data.tasks.load_eval_set)
 OOD="--ood_dataset permuted --ood_dataset noise --ood_dataset flipped"
 COMMON="$PHASE1 --members $M $OOD"
 ckpt() { echo "$CACHE/pretrained/digits-byol-seed$1.safetensors"; }

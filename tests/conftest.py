@@ -1,8 +1,7 @@
-import functools
 import os
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -29,7 +28,7 @@ def run_scripts(calls, env=None):
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     """A cache dir holding tiny embedded pre-trained checkpoints (1 BYOL epoch each) for seeds 0 and 1."""
-    from lib.pretrain import default_checkpoint, pretrain_digits
+    from lib.training.pretrain import default_checkpoint, pretrain_digits
     cache = tmp_path_factory.mktemp("cache")
     for seed in (0, 1):
         pretrain_digits(default_checkpoint(str(cache), seed), seed=seed, epochs=1, verbose=False)
@@ -53,31 +52,24 @@ def tiny(cache_dir):
     return ["--cpu", "--quiet", "--epochs", "2", "--cycle_epochs", "1", "--members", "3", "--cache_dir", cache_dir]
 
 
-def settings(flags, method="check", **kw):
-    """Resolved settings (lib.cli.parse) of the base flags `flags` for a run of `method`."""
-    from lib.cli import base_parser, parse as parse_settings
-    return parse_settings(base_parser("test"), method, argv=[str(f) for f in flags], **kw)
+def settings(flags, method="check", script=None):
+    """Resolved settings (lib.cli.parser.parse) of `flags` for a run of `method`, with the common flags (script=None)
+    or those of scripts/<script>."""
+    from lib.cli.parser import parse as parse_settings
+    from lib.cli.parser import script_parser
+    return parse_settings(script_parser("test", script), method, argv=[str(f) for f in flags])
 
 
 def parse(flags, script=None):
-    """Parse flags with the base parser (script=None) or with scripts/<script>'s own parser (parse_known_args
-    on the base parser, then a check that the script accepts every flag)."""
-    from lib.cli import base_parser
-    flags = [str(f) for f in flags]
-    if script is None:
-        return base_parser("test").parse_args(flags)
-    args, extra = base_parser("test").parse_known_args(flags)
-    usage = _script_help(os.path.basename(script))
-    for flag in extra:
-        if flag.startswith("--"):
-            assert flag in usage, f"{script} has no flag {flag}"
-    return args
+    """The settings `flags` give, as scripts/<script>'s own parser reads them (script=None: the common flags), unset
+    ones at their plain defaults (None where the dataset decides): a flag the script does not take fails (exit 2)."""
+    import argparse
 
-
-@functools.lru_cache(maxsize=None)
-def _script_help(script):
-    return subprocess.run([PY, os.path.join(REPO, "scripts", script), "--help"], capture_output=True, text=True,
-                          timeout=120).stdout
+    from lib.cli.parser import given_settings, script_parser
+    from lib.settings.schema import default
+    parser = script_parser("test", os.path.basename(script) if script else None)
+    given, _method = given_settings(parser, [str(f) for f in flags])
+    return argparse.Namespace(**{**{k: default(f) for k, f in parser.settings.items()}, **given})
 
 
 @pytest.fixture

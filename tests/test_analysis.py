@@ -12,12 +12,15 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, parse, run_script, settings
-from lib import diversity as D, representations as R, subsets as S, weights as W
-from lib import metrics
-from lib.experiment import Experiment
-from lib.runs import load_json, load_weights, save_weights
+
+from lib.analysis import diversity as D
+from lib.analysis import representations as R
+from lib.analysis import subsets as S
+from lib.analysis import weight_stats as W
+from lib.evaluation import metrics
+from lib.infra.files import load_json, load_weights, save_weights
+from lib.training.experiment import Experiment
 
 
 def _header(path):
@@ -72,7 +75,7 @@ def test_every_subset_of_a_15_member_cifar_sized_run_in_seconds():
     t0 = time.time()
     st = S.subset_stats(probs, labels, 5)
     seconds = time.time() - t0
-    assert len(st["idx"]) == 3003 and seconds < 15, seconds  # about 0.2 s here; a loop over lib.metrics: ~21 s
+    assert len(st["idx"]) == 3003 and seconds < 15, seconds  # about 0.2 s here; a loop over lib.evaluation.metrics: ~21 s
     for r in (0, 1500, 3002):
         assert st["ensemble_accuracy"][r] == metrics.ensemble_accuracy(probs[st["idx"][r]], labels)
     assert len(S.subset_indices(15, 5, fix_first=True)) == 1001
@@ -171,8 +174,8 @@ def test_representations_end_to_end_with_cache(tiny_run):
             assert value[(2, stage, metric)] > 0.0
     assert value[(1, "all", "weight_cosine")] == pytest.approx(1.0) and value[(2, "all", "weight_cosine")] < 1.0
     # member 2's AvgPool MSE by hand: a plain forward of both models on the first 32 test images
-    from lib.data import load_digits_task
-    from lib.models import build_model
+    from lib.data.tasks import load_digits_task
+    from lib.models.backbones import build_model
     x = load_digits_task(4).test.images[:32]
     x = (x - 0.3053) / 0.3189
     feats = []

@@ -1,4 +1,5 @@
-"""Any backbone (lib/backbones.py, lib/models.py): timm and torchvision models, their stages, their weights.
+"""Any backbone (lib/models/backbones.py, lib/models/checkpoints.py): timm and torchvision models, their stages, their
+weights.
 
 Tiny models at 32 px: timm's test_vit (a ViT), test_convnext (LayerNorm CNN), test_efficientnet (BatchNormAct2d)
 and torchvision's mobilenet_v3_small. Nothing is downloaded: timm's weights come from a Hugging Face cache the
@@ -21,12 +22,14 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
+from conftest import ACCELERATE, REPO, run_script  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from conftest import ACCELERATE, REPO, run_script  # noqa: E402
-from lib import models  # noqa: E402
-from lib.errors import UserError  # noqa: E402
-from lib.runs import load_json, load_weights, open_run  # noqa: E402
+from lib.core import freeze as freezing  # noqa: E402
+from lib.infra.errors import UserError  # noqa: E402
+from lib.infra.files import load_json, load_weights  # noqa: E402
+from lib.models import backbones, checkpoints, stages  # noqa: E402
+from lib.runs.rundir import open_run  # noqa: E402
 
 SIZE = 32
 OFFLINE = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # scripts: offline, one thread (tiny models)
@@ -79,7 +82,7 @@ def built():
     out = {}
     for arch in FAMILIES:
         torch.manual_seed(0)
-        out[arch] = models.build_model(arch, 10, image_size=SIZE)
+        out[arch] = backbones.build_model(arch, 10, image_size=SIZE)
     return out
 
 
@@ -89,11 +92,11 @@ def test_stages_of_every_family_match_the_architecture(built):
     x = torch.randn(3, 3, SIZE, SIZE)
     for arch, part in FAMILIES.items():
         model = built[arch].eval()
-        smap = models.stage_map(model)
+        smap = backbones.stage_map(model)
         assert {n: smap.part_of(n) for n, _ in model.named_parameters()} == \
                {n: part(n) for n, _ in model.named_parameters()}, arch
         names = list(smap.order) + ["avgpool", "fc"]
-        with torch.no_grad(), models.taps(model, names) as feats:
+        with torch.no_grad(), stages.taps(model, names) as feats:
             logits = model(x)
         assert torch.equal(feats["head"], logits) and torch.equal(feats["fc"], logits)
         assert feats["avgpool"] is feats["pool"]
@@ -123,13 +126,13 @@ def test_freeze_at_every_stage_of_every_family(built):
     torch.manual_seed(1)
     x, y = torch.randn(4, 3, SIZE, SIZE), torch.randint(0, 10, (4,))
     for arch, part in FAMILIES.items():
-        smap = models.stage_map(built[arch])
+        smap = backbones.stage_map(built[arch])
         order = list(smap.order)
         assert smap.freeze_choices == ["none"] + order[1:-2] + ["pool", "head"]  # every one has final-norm params
         for stage in smap.freeze_choices[1:]:
             model = copy.deepcopy(built[arch])
             reference = copy.deepcopy(model).eval()
-            frz = models.freeze(model, stage)
+            frz = freezing.freeze(model, stage)
             frozen = {n for n, _ in model.named_parameters() if order.index(part(n)) < order.index(stage)}
             with torch.no_grad():  # eval-locked BatchNorm twins compute what the originals do (timm keeps its act)
                 assert torch.allclose(model.eval()(x), reference(x), atol=1e-6)
@@ -157,12 +160,12 @@ def test_freeze_at_every_stage_of_every_family(built):
 def test_list_stages_numbers(tmp_path):
     """--list_stages: ResNet-50's thesis fractions (and timm's ResNet-50, the same parameters); Swin-T's stage
     outputs at 224 px (NHWC: 56x56x96 ... 7x7x768) and parameter shares summed from timm's own modules."""
-    r50 = models.describe_stages("resnet50", 224, 100)
+    r50 = backbones.describe_stages("resnet50", 224, 100)
     for line, cells in [("stage4", ["layer3", "1024x14x14", "93.91 %"]), ("stage5", ["layer4", "2048x7x7", "63.97 %"]),
                         ("fc", ["fc", "100", "0.86 %"]), ("stage1", ["conv1 bn1 relu maxpool", "64x56x56"])]:
         row = next(r for r in r50.splitlines() if r.startswith(line + " "))
         assert all(c in row for c in cells), row
-    t50 = models.describe_stages("timm/resnet50", 224, 100)
+    t50 = backbones.describe_stages("timm/resnet50", 224, 100)
     assert all(f in t50 for f in ("93.91 %", "63.97 %", "0.86 %"))
     r = run_script("starsse.py", "--arch", "timm/swin_tiny_patch4_window7_224", "--image_size", "224", "--dataset",
                    "cifar100", "--list_stages", "--output_dir", tmp_path / "o", "--cache_dir", tmp_path / "c",
@@ -194,15 +197,15 @@ def test_timm_save_pretrained_folder_and_torchvision_state_dict(tmp_path):
     torch.save(tv.state_dict(), tmp_path / "tv.pth")
     for spec, arch, source in [(tmp_path / "hf", "timm/test_convnext", src),
                                (tmp_path / "tv.pth", "mobilenet_v3_small", tv)]:
-        models.check_pretrained(str(spec), arch)
-        model = models.load_pretrained(str(spec), arch, 7, image_size=SIZE)
-        head = models.stage_map(model).head_module
+        checkpoints.check_pretrained(str(spec), arch)
+        model = checkpoints.load_pretrained(str(spec), arch, 7, image_size=SIZE)
+        head = backbones.stage_map(model).head_module
         got = model.state_dict()
         for k, v in source.state_dict().items():
             if not k.startswith(head + "."):
                 assert torch.equal(got[k], v), (arch, k)
         assert model.get_submodule(head).out_features == 7
-    assert models.pretrained_id(str(tmp_path / "hf")) == \
+    assert checkpoints.pretrained_id(str(tmp_path / "hf")) == \
         hashlib.sha256((tmp_path / "hf" / "model.safetensors").read_bytes()).hexdigest()
 
 
@@ -214,12 +217,12 @@ def test_resnet50_checkpoints_load_into_timm_and_torchvision_layouts(tmp_path):
     tm = timm.create_model("resnet50", num_classes=1000)
     torch.save({"state_dict": tv.state_dict()}, tmp_path / "tv.pth")
     save_file(tm.state_dict(), str(tmp_path / "timm.safetensors"))
-    a = models.load_pretrained(str(tmp_path / "tv.pth"), "timm/resnet50", 10).eval()
-    b = models.load_pretrained(str(tmp_path / "timm.safetensors"), "resnet50", 10).eval()
+    a = checkpoints.load_pretrained(str(tmp_path / "tv.pth"), "timm/resnet50", 10).eval()
+    b = checkpoints.load_pretrained(str(tmp_path / "timm.safetensors"), "resnet50", 10).eval()
     assert all(torch.equal(a.state_dict()[k], v) for k, v in tv.state_dict().items() if not k.startswith("fc."))
     assert all(torch.equal(b.state_dict()[k], v) for k, v in tm.state_dict().items() if not k.startswith("fc."))
     x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad(), models.taps(a, ["pool"]) as fa, models.taps(tv.eval(), ["pool"]) as fb:
+    with torch.no_grad(), stages.taps(a, ["pool"]) as fa, stages.taps(tv.eval(), ["pool"]) as fb:
         a(x), tv(x)
     assert torch.allclose(fa["pool"], fb["pool"].flatten(1), atol=1e-5)
 
@@ -245,8 +248,8 @@ def test_swin_reference_checkpoints_and_drop_path(tmp_path):
     finally:
         del sys.modules["fake_yacs"]
     arch = "timm/swin_tiny_patch4_window7_224"
-    models.check_pretrained(str(tmp_path / "swin_1.pth"), arch, 224)
-    model = models.load_pretrained(str(tmp_path / "swin_1.pth"), arch, 100, image_size=224, drop_path=0.1)
+    checkpoints.check_pretrained(str(tmp_path / "swin_1.pth"), arch, 224)
+    model = checkpoints.load_pretrained(str(tmp_path / "swin_1.pth"), arch, 100, image_size=224, drop_path=0.1)
     got = model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in src.state_dict().items() if not k.startswith("head.fc."))
     assert model.head.fc.weight.shape == (100, 768)
@@ -271,18 +274,18 @@ def test_pretrained_timm_from_the_local_cache_and_the_offline_error(tmp_path, mo
     src = timm.create_model("test_vit", num_classes=1000)
     file = _fake_hf_cache(tmp_path / "hub", "timm/test_vit.r160_in1k", src.state_dict())
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    model = models.load_pretrained("timm", "timm/test_vit", 10)
+    model = checkpoints.load_pretrained("timm", "timm/test_vit", 10)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in src.state_dict().items() if not k.startswith("head."))
     assert model.head.out_features == 10
-    assert models.pretrained_id("timm", "timm/test_vit") == "timm:" + hashlib.sha256(file.read_bytes()).hexdigest()
-    small = models.load_pretrained("timm", "timm/test_vit", 10, image_size=SIZE)  # position embedding resampled
+    assert checkpoints.pretrained_id("timm", "timm/test_vit") == "timm:" + hashlib.sha256(file.read_bytes()).hexdigest()
+    small = checkpoints.load_pretrained("timm", "timm/test_vit", 10, image_size=SIZE)  # position embedding resampled
     expected = timm.layers.resample_abs_pos_embed(src.pos_embed, (SIZE // 16, SIZE // 16), num_prefix_tokens=1)
     assert small.pos_embed.shape == (1, 5, 64) and torch.allclose(small.pos_embed, expected, atol=1e-6)
     assert torch.equal(small.blocks[3].mlp.fc2.weight, src.blocks[3].mlp.fc2.weight)
     empty = tmp_path / "empty"
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(empty))
     with pytest.raises(UserError) as e:
-        models.check_pretrained("timm", "timm/test_vit")
+        checkpoints.check_pretrained("timm", "timm/test_vit")
     msg = str(e.value)
     assert str(empty / "models--timm--test_vit.r160_in1k") in msg and "HF_HUB_OFFLINE" in msg and "\n" not in msg
     r = run_script("starsse.py", "--arch", "timm/test_vit", "--pretrained", "timm", "--cpu", "--output_dir",
@@ -300,44 +303,44 @@ def test_torchvision_weights_from_torch_home(tmp_path, monkeypatch):
     src = torchvision.models.mobilenet_v3_small()
     torch.save(src.state_dict(), folder / os.path.basename(weights.url))
     for spec in ("torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1", "torchvision:DEFAULT"):
-        model = models.load_pretrained(spec, "mobilenet_v3_small", 10)
+        model = checkpoints.load_pretrained(spec, "mobilenet_v3_small", 10)
         assert all(torch.equal(model.state_dict()[k], v) for k, v in src.state_dict().items()
                    if not k.startswith("classifier.3."))
-    assert models.pretrained_id("torchvision:DEFAULT", "mobilenet_v3_small") == \
+    assert checkpoints.pretrained_id("torchvision:DEFAULT", "mobilenet_v3_small") == \
         "torchvision:" + hashlib.sha256((folder / os.path.basename(weights.url)).read_bytes()).hexdigest()
     # torchvision's published preprocessing of these weights: resize 256, crop 224, bilinear, ImageNet statistics
-    assert models.data_config("mobilenet_v3_small", "torchvision:DEFAULT") == {
+    assert backbones.data_config("mobilenet_v3_small", "torchvision:DEFAULT") == {
         "input_size": (3, 224, 224), "interpolation": "bilinear", "crop_pct": 224 / 256,
         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
     cfg = timm.models.get_pretrained_cfg("test_vit")
-    assert models.data_config("timm/test_vit", "timm") == {"input_size": cfg.input_size, "crop_pct": cfg.crop_pct,
+    assert backbones.data_config("timm/test_vit", "timm") == {"input_size": cfg.input_size, "crop_pct": cfg.crop_pct,
                                                          "interpolation": cfg.interpolation, "mean": cfg.mean,
                                                          "std": cfg.std}
     with pytest.raises(UserError, match=r"resnet18-f37072fd.pth is not in .*checkpoints and HF_HUB_OFFLINE is set"):
-        models.check_pretrained("torchvision:ResNet18_Weights.IMAGENET1K_V1", "resnet18")
+        checkpoints.check_pretrained("torchvision:ResNet18_Weights.IMAGENET1K_V1", "resnet18")
     small = "torchvision:MobileNet_V3_Small_Weights.IMAGENET1K_V1"  # weights of another architecture:
     with pytest.raises(UserError, match="no key matches timm/test_vit .*another architecture"):
-        models.load_pretrained(small, "timm/test_vit", 10)
+        checkpoints.load_pretrained(small, "timm/test_vit", 10)
     with pytest.raises(UserError, match=r"for mobilenet_v3_large: key layout does not match .*missing .*unexpected"):
-        models.check_pretrained(small, "mobilenet_v3_large")
+        checkpoints.check_pretrained(small, "mobilenet_v3_large")
 
 
 def test_bad_input_names_the_choices(built):
     with pytest.raises(UserError, match=r"unknown arch 'resnet51' .*did you mean .*resnet50"):
-        models.build_model("resnet51", 10)
+        backbones.build_model("resnet51", 10)
     with pytest.raises(UserError, match=r"unknown arch 'timm/vit_tinyy_patch16_224'.*timm/vit_tiny_patch16_224"):
-        models.build_model("timm/vit_tinyy_patch16_224", 10)
+        backbones.build_model("timm/vit_tinyy_patch16_224", 10)
     vit = built["timm/test_vit"]
     with pytest.raises(UserError, match=r"unknown stage 'stage9' \(choose from stage1, stage2, stage3, stage4, "
                                         r"stage5, stage6, pool, head for timm/test_vit"):
-        with models.taps(vit, ["stage9"]):
+        with stages.taps(vit, ["stage9"]):
             pass
     with pytest.raises(UserError, match=r"unknown --freeze 'stage9' \(choose from none, stage2, stage3, stage4, "
                                         r"stage5, stage6, pool, head\)"):
-        models.freeze(copy.deepcopy(vit), "stage9")
+        freezing.freeze(copy.deepcopy(vit), "stage9")
     args = lambda **kw: argparse.Namespace(**{**dict(arch="timm/swin_tiny_patch4_window7_224", image_size=224,
                                                      drop_path=0.0, pretrained=["scratch"], dataset="cifar100"), **kw})
-    models.check_settings(args(freeze="pool", layers=["stage3:0.5", "avgpool"]))
+    checkpoints.check_settings(args(freeze="pool", layers=["stage3:0.5", "avgpool"]))
     for kw, msg in [(dict(freeze="stage5"), "unknown --freeze 'stage5' (choose from none, stage2, stage3, stage4, "
                                             "pool, head)"),
                     (dict(layers=["stage5"]), "unknown layer 'stage5' (choose from stage2, stage3, stage4, pool for "
@@ -348,7 +351,7 @@ def test_bad_input_names_the_choices(built):
                     (dict(arch="timm/test_vit", pretrained=None, dataset="digits"), "--arch timm/test_vit: the "
                                                                                     "embedded pre-trained checkpoint")]:
         with pytest.raises(UserError) as e:
-            models.check_settings(args(**kw))
+            checkpoints.check_settings(args(**kw))
         assert str(e.value).startswith(msg), str(e.value)
 
 
@@ -358,11 +361,11 @@ def test_sync_batchnorm_keeps_timm_norm_act(built):
     with torch.no_grad():
         plain = model(x)
     classes = {n: type(m) for n, m in model.named_modules()}
-    models.to_sync_batchnorm(model)
+    freezing.to_sync_batchnorm(model)
     synced = [type(m).__name__ for m in model.modules()]
     assert "SyncBatchNormAct" in synced and "BatchNormAct2d" not in synced
     assert all(hasattr(m, "act") for m in model.modules() if type(m).__name__ == "SyncBatchNormAct")
-    models.from_sync_batchnorm(model)
+    freezing.from_sync_batchnorm(model)
     assert {n: type(m) for n, m in model.named_modules()} == classes
     with torch.no_grad():
         assert torch.equal(model(x), plain)
@@ -390,7 +393,7 @@ def test_frozen_convnext_starsse_member_parallel_on_the_device_pipeline(tmp_path
             sum(p.numel() for k, p in params.items() if not frozen(k)) / sum(p.numel() for p in params.values()))
         for k in w[1]:
             assert torch.equal(w[i][k], w[1][k]) == frozen(k), (i, k)
-    from lib.representations import member_representations, test_images
+    from lib.analysis.representations import member_representations, test_images
     run = open_run(out)
     res = member_representations(run, n_points=24, device="cpu", log=lambda *a: None)
     assert list(res[2]["features"]) == ["stage2", "stage3", "stage4", "pool"]
@@ -427,7 +430,7 @@ def test_sse_rtd_on_a_torchvision_model_taps_pool_and_a_middle_stage(tmp_path):
     assert r.returncode == 0, r.stderr
     assert load_json(tmp_path / "rtd" / "member_2.json")["history"][0]["rtd"] > 0
     assert "rtd" not in load_json(tmp_path / "rtd" / "member_1.json")["history"][0]
-    from lib.representations import member_representations
+    from lib.analysis.representations import member_representations
     res = member_representations(open_run(tmp_path / "rtd"), n_points=16, device="cpu", log=lambda *a: None)
     assert list(res[2]["features"]) == ["stage2", "stage3", "stage4", "stage5", "pool"]
     assert res[1]["features"]["pool"]["mse"] == 0 and res[2]["features"]["pool"]["mse"] > 0

@@ -5,11 +5,12 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_script, run_scripts
-from lib.models import build_model, read_checkpoint
-from lib.pretrain import default_checkpoint
-from lib.runs import load_json
+
+from lib.infra.files import load_json
+from lib.models.backbones import build_model
+from lib.models.checkpoints import read_checkpoint
+from lib.training.pretrain import default_checkpoint
 
 
 def _one_error_line(r, pattern):
@@ -104,7 +105,7 @@ def test_evaluate_and_report(tmp_path, finished_run):
 
 
 def test_config_diff_tolerates_arguments_added_later_at_their_neutral_value():
-    from lib.runs import config_diff
+    from lib.runs.rundir import config_diff
     old = {"lr": 0.1, "seed": 0, "output_dir": "a"}
     assert config_diff(old, {**old, "freeze": "none", "output_dir": "b"}) == []
     assert config_diff(old, {**old, "freeze": "stage4"}) == ["freeze: None -> 'stage4'"]

@@ -9,11 +9,22 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 
-from lib.data import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, augment_spec,
-                      digits_arrays, digits_splits, load_cifar100_task, load_cifar_task, load_digits_task,
-                      torchvision_transforms)
-from lib.device_data import DeviceImages
-from lib.errors import UserError
+from lib.data.device import DeviceImages
+from lib.data.tasks import (
+    CIFAR10_CLASSES,
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    augment_spec,
+    digits_arrays,
+    digits_splits,
+    load_cifar100_task,
+    load_cifar_task,
+    load_digits_task,
+    torchvision_transforms,
+)
+from lib.infra.errors import UserError
 
 
 def write_tiny_cifar100(root, n_train=12, n_test=6):

@@ -15,13 +15,14 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from PIL import Image  # noqa: E402
-
 from conftest import run_script, settings  # noqa: E402
-from lib import data, sources  # noqa: E402
-from lib.device_data import DeviceImages  # noqa: E402
-from lib.errors import UserError  # noqa: E402
+from PIL import Image  # noqa: E402
 from test_data import write_tiny_cifar10, write_tiny_cifar100  # noqa: E402
+
+from lib.data import sources  # noqa: E402
+from lib.data import tasks as data  # noqa: E402
+from lib.data.device import DeviceImages  # noqa: E402
+from lib.infra.errors import UserError  # noqa: E402
 
 CLASSES = ["cat", "dog", "emu"]
 MODES = ["RGB", "L", "RGBA", "P"]  # image k of a class folder is saved in MODES[k % 4]

@@ -7,7 +7,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from scipy.stats import ks_2samp
 
-from lib.device_data import DeviceImages, DeviceLoader, crop_resize, crop_resize_separable, random_resized_crop_boxes
+from lib.data.device import DeviceImages, DeviceLoader, crop_resize, crop_resize_separable, random_resized_crop_boxes
 
 
 @pytest.mark.parametrize("height,width", [(32, 32), (12, 90)])  # (12, 90): the central fallback is frequent

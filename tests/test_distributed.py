@@ -8,16 +8,18 @@ import subprocess
 import sys
 
 import numpy as np
-
 from conftest import ACCELERATE, REPO, settings
-from lib.runs import load_json
+
+from lib.infra.files import load_json
+
 
 def _predict_digits(out):
     import torch
     from accelerate import Accelerator
-    from lib.data import load_digits_task, test_loader
-    from lib.models import build_model
-    from lib.train import predict
+
+    from lib.data.tasks import load_digits_task, test_loader
+    from lib.evaluation.predict import predict
+    from lib.models.backbones import build_model
     acc = Accelerator(cpu=True)
     torch.manual_seed(0)
     model = build_model("resnet_mini", 10)
@@ -47,7 +49,7 @@ def test_two_process_prediction_equals_one_process(tmp_path):
 
 
 def test_accelerate_launch_two_processes_gives_the_same_evaluation(tmp_path, tiny):
-    from lib.experiment import Experiment
+    from lib.training.experiment import Experiment
     exp = Experiment(settings(tiny + ["--members", "2", "--output_dir", tmp_path / "run"], "Local DE"))
     exp.finetune(1), exp.finetune(2)
     one = exp.finish()
@@ -79,7 +81,8 @@ def _launch2(script, *flags, env=None):
 def test_member_parallel_starsse_is_identical_to_sequential(tmp_path, fresh_cache):
     import torch
     from conftest import run_script
-    from lib.runs import load_weights
+
+    from lib.infra.files import load_weights
     flags = ["--quiet", "--epochs", "2", "--cycle_epochs", "2", "--members", "4", "--data_pipeline", "device"]
     _launch2("starsse.py", *flags, "--member_parallel", "--cache_dir", fresh_cache("a"), "--output_dir", tmp_path / "par")
     r = run_script("starsse.py", "--cpu", *flags, "--cache_dir", fresh_cache("b"), "--output_dir", tmp_path / "seq",
@@ -104,6 +107,7 @@ def test_member_parallel_is_refused_where_members_depend_on_earlier_ones(tmp_pat
 
 def _tb_lrs(folder):
     import glob
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     for f in glob.glob(os.path.join(folder, "tensorboard", "**", "events*"), recursive=True):
         ea = EventAccumulator(f)
@@ -130,7 +134,8 @@ def test_ddp_sse_rtd_with_the_overlap_asked_trains_as_without_it(tmp_path, fresh
     backward: the same members as --rtd_overlap off (a second, unsynchronised backward would let the processes'
     weights drift apart)."""
     import torch
-    from lib.runs import load_weights
+
+    from lib.infra.files import load_weights
     cache = fresh_cache("a")
     flags = ["--quiet", "--epochs", "2", "--cycle_epochs", "2", "--members", "2", "--cache_dir", cache]
     for mode in ("on", "off"):

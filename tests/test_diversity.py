@@ -4,11 +4,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import run_script, run_scripts
-from lib.losses import PredictionDiversity, WeightOrthogonality, compute_dtype
-from lib.runs import load_json, load_weights
-from lib.train import Step
+
+from lib.core.losses import PredictionDiversity, WeightOrthogonality, compute_dtype
+from lib.infra.files import load_json, load_weights
+from lib.training.loop import Step
 
 
 class Fixed(torch.nn.Module):

@@ -2,12 +2,15 @@
 import pytest
 import torch
 import torchvision
-
 from conftest import run_script, settings
-from lib.errors import UserError
-from lib.experiment import Experiment
-from lib.models import build_model, freeze, read_checkpoint, taps
-from lib.runs import load_json, load_weights
+
+from lib.core.freeze import freeze
+from lib.infra.errors import UserError
+from lib.infra.files import load_json, load_weights
+from lib.models.backbones import build_model
+from lib.models.checkpoints import read_checkpoint
+from lib.models.stages import taps
+from lib.training.experiment import Experiment
 
 
 def test_resnet50_trainable_fractions_match_the_thesis():

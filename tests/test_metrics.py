@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from lib import metrics
+from lib.evaluation import metrics
 
 # 2 members, 4 samples, 3 classes
 P = np.array([

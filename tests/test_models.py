@@ -4,8 +4,10 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from lib.errors import UserError
-from lib.models import STAGES, build_model, load_pretrained, stage_module, taps
+from lib.infra.errors import UserError
+from lib.models.backbones import build_model
+from lib.models.checkpoints import load_pretrained
+from lib.models.stages import STAGES, stage_module, taps
 
 
 @pytest.fixture(scope="module")

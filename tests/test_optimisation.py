@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from lib.train import LoopSettings, fit, make_accelerator, make_criterion, make_optimizer
+from lib.settings.schema import LoopSettings
+from lib.training.loop import fit, make_accelerator, make_criterion, make_optimizer
 
 
 def _smoothed(y, k, eps):  # one-hot targets with label smoothing: eps / k everywhere, 1 - eps more on the label

@@ -3,8 +3,8 @@ import os
 
 import numpy as np
 
-from lib.report import load_runs, markdown_table, summarize_groups
-from lib.runs import save_json
+from lib.analysis.report import load_runs, markdown_table, summarize_groups
+from lib.infra.files import save_json
 
 
 def _fake_run(root, name, method, avg, div, ens, by_size):

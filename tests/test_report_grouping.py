@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
-from lib import report as R
-from lib.errors import UserError
-from lib.runs import save_json, save_weights
+
+from lib.analysis import report as R
+from lib.infra.errors import UserError
+from lib.infra.files import save_json, save_weights
 
 BASE = {"method": "StarSSE", "seed": 0, "pretrained": ["ckpt1.pt"], "dataset": "digits", "arch": "resnet_mini",
         "epochs": 25, "lr": 0.05, "cycle_lr": 0.1, "cycle_epochs": 12, "members": 5, "batch_size": 256,
@@ -70,7 +70,7 @@ def test_rows_are_settings_not_seeds_or_checkpoints(tmp_path):
     make_run(tmp_path, "star/c", {"cycle_lr": 0.2}, {"ensemble_accuracy": 86.0})
     d = make_run(tmp_path, "star/d", {"cycle_lr": 0.2, "seed": 1}, {"ensemble_accuracy": 85.0})
     cfg = R.load_json(os.path.join(d, "config.json"))
-    del cfg["frozen_bn"]  # a run older than --frozen_bn: it had today's default (lib.runs.LATER_ARGS), no new setting
+    del cfg["frozen_bn"]  # a run older than --frozen_bn: it had today's default (lib.settings.schema.LEGACY), no new setting
     save_json(os.path.join(d, "config.json"), cfg)
     for s, acc in [(0, 86.0), (1, 87.0)]:
         make_run(tmp_path, f"lde/{s}", {"method": "Local DE", "seed": s, "pretrained": [f"ckpt{s}.pt"]},

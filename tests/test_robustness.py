@@ -12,9 +12,9 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_script, run_scripts
-from lib.runs import load_json, save_weights
+
+from lib.infra.files import load_json, save_weights
 
 
 def _one_error_line(r, *patterns, status=2):
@@ -53,7 +53,7 @@ def test_a_regulariser_that_diverges_names_its_term(tmp_path, tiny):
 
 
 def test_checkpoint_with_a_nan_is_refused_before_training(tmp_path, cache_dir):
-    from lib.models import read_checkpoint
+    from lib.models.checkpoints import read_checkpoint
     state = read_checkpoint(os.path.join(cache_dir, "pretrained", "digits-byol-seed0.safetensors"))
     state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
     bad = tmp_path / "nan.safetensors"

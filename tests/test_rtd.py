@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib.errors import UserError
-from lib.rtd import distance_matrix, rtd, rtd_loss
+from lib.core.rtd import distance_matrix, rtd, rtd_loss
+from lib.infra.errors import UserError
 
 
 def _gudhi_h1_sum(r1, r2):

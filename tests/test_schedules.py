@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lib.errors import UserError
-from lib.schedules import cosine, member_schedule
+from lib.core.schedules import cosine, member_schedule
+from lib.infra.errors import UserError
 
 
 def test_epoch_granularity_matches_reference_values():

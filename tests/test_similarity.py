@@ -5,13 +5,14 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO, run_script, run_scripts, settings
 
-from conftest import REPO, run_script, run_scripts
-from lib.errors import UserError
-from lib.losses import FeatureSimilarity, parse_layers
-from lib.models import build_model, taps
-from lib.runs import load_json, load_weights
-from lib.train import Step
+from lib.core.losses import FeatureSimilarity, parse_layers
+from lib.infra.errors import UserError
+from lib.infra.files import load_json, load_weights
+from lib.models.backbones import build_model
+from lib.models.stages import taps
+from lib.training.loop import Step
 
 
 def _sse_rtd(flags, similarity, alpha, star=False, layers=("avgpool",)):
@@ -93,11 +94,10 @@ def test_bad_regulariser_input(tmp_path, cache_dir):
 def test_reference_pretrained_regularises_towards_the_checkpoint(tmp_path, tiny, cache_dir):
     """--reference pretrained: the frozen reference of cycles 2..M holds the pre-trained checkpoint's backbone (thesis
     section 4's alternative), not model 1's."""
-    from lib.cli import base_parser, parse
-    from lib.experiment import Experiment
-    from lib.models import read_checkpoint
+    from lib.models.checkpoints import read_checkpoint
+    from lib.training.experiment import Experiment
     flags = [*map(str, tiny), "--members", "2", "--output_dir", str(tmp_path / "r")]
-    exp = Experiment(parse(base_parser("t"), "SSE-MSE", argv=flags))
+    exp = Experiment(settings(flags, "SSE-MSE", "sse_rtd.py"))
     w1 = exp.finetune(1)
     ref = exp.pretrained_model().state_dict()
     ckpt = read_checkpoint(exp.checkpoints[0])
@@ -120,7 +120,9 @@ def test_overlapped_rtd_step_equals_the_sequential_one(tmp_path):
 
     import numpy as np
     from torch.utils.data import TensorDataset
-    from lib.train import LoopSettings, fit, make_accelerator
+
+    from lib.settings.schema import LoopSettings
+    from lib.training.loop import fit, make_accelerator
     torch.manual_seed(0)
     model = build_model("resnet_mini", 10)
     data = TensorDataset(torch.randn(96, 3, 16, 16), torch.randint(0, 10, (96,)))  # 96 points: the workers' path

@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import ACCELERATE, PY, REPO
-from lib.runs import load_json, load_weights
+
+from lib.infra.files import load_json, load_weights
 
 CLUSTER = os.path.join(REPO, "tests", "slurm", "cluster.sh")
 # one thread per task: the two nodes share this machine's 2 cores, and local and Slurm runs then compute alike

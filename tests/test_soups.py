@@ -1,5 +1,5 @@
-"""Model soups (lib/soups.py, scripts/soup.py): the uniform soup of identical members is the member, the greedy
-soup follows Wortsman et al.'s recipe on a constructed case, BatchNorm statistics are re-estimated as computed by
+"""Model soups (lib/evaluation/soups.py, scripts/soup.py): the uniform soup of identical members is the member, the
+greedy soup follows Wortsman et al.'s recipe on a constructed case, BatchNorm statistics are re-estimated as computed by
 hand, incompatible members are refused naming the first mismatched tensor, and the script on a real frozen run."""
 import os
 
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import run_script
-from lib import soups
-from lib.errors import UserError
-from lib.models import build_model, stage_map
-from lib.runs import load_json, load_weights
+
+from lib.evaluation import soups
+from lib.infra.errors import UserError
+from lib.infra.files import load_json, load_weights
+from lib.models.backbones import build_model, stage_map
 
 
 def _state(seed, num_classes=10, arch="resnet_mini"):
@@ -122,8 +122,8 @@ def frozen_run(tmp_path_factory):
 
 
 def test_soup_script_on_a_frozen_starsse_run(frozen_run, script_here, tmp_path):
-    from lib.cli import Settings
-    from lib.data import load_task
+    from lib.data.tasks import load_task
+    from lib.settings.schema import Settings
     r = run_script("soup.py", frozen_run, "--bn_recalibrate", "0", "--cpu")
     assert r.returncode == 0, r.stderr
     m = load_json(frozen_run / "metrics.json")

@@ -6,9 +6,12 @@ import os
 
 import pytest
 import yaml
-
 from conftest import REPO, run_script, settings
-from lib.errors import UserError
+
+from lib.infra.errors import UserError
+
+# lib's packages, lowest first: a module imports only from its own package and the packages before it
+LAYERS = ["infra", "settings", "runs", "models", "data", "core", "evaluation", "training", "analysis", "cli"]
 
 
 def _imports(path):
@@ -21,21 +24,33 @@ def _imports(path):
         if isinstance(node, ast.Import):
             found = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = ("lib." if node.level else "") + (node.module or "")
-            found = [base.rstrip(".")] if node.module else [f"lib.{a.name}" for a in node.names]
+            assert not node.level, f"{path}: relative import (lib imports are absolute: from lib.<package>...)"
+            found = [f"{node.module}.{a.name}" if node.module in ("lib", *(f"lib.{p}" for p in LAYERS)) else
+                     node.module for a in node.names]
         names += found
         if found and id(node) not in top and any(n.startswith("lib") for n in found):
             nested += found
     return names, nested
 
 
-def test_lib_has_no_import_cycle_and_imports_lib_modules_at_the_top():
-    modules = {os.path.basename(p)[:-3]: p for p in glob.glob(os.path.join(REPO, "lib", "*.py"))}
+def _lib_modules():
+    return {os.path.relpath(p, REPO)[:-3].replace(os.sep, "."): p
+            for p in glob.glob(os.path.join(REPO, "lib", "*", "*.py")) if not p.endswith("__init__.py")}
+
+
+def test_lib_is_packages_whose_imports_point_down_and_have_no_cycle():
+    assert sorted(glob.glob(os.path.join(REPO, "lib", "*.py"))) == [os.path.join(REPO, "lib", "__init__.py")]
+    packages = {os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(REPO, "lib", "*", "__init__.py"))}
+    assert packages == set(LAYERS)
+    modules = _lib_modules()
     graph = {}
     for name, path in modules.items():
         names, nested = _imports(path)
-        assert not nested, f"lib/{name}.py imports {nested} inside a function"
-        graph[name] = {n.split(".")[1] for n in names if n.startswith("lib.") and n.split(".")[1] in modules} - {name}
+        assert not nested, f"{path} imports {nested} inside a function"
+        deps = {m for n in names for m in modules if n == m or n.startswith(m + ".")} - {name}
+        for dep in deps:  # down only: from its own package or a lower one
+            assert LAYERS.index(dep.split(".")[1]) <= LAYERS.index(name.split(".")[1]), f"{name} imports {dep} (up)"
+        graph[name] = deps
     state = {}
 
     def visit(node, path):
@@ -48,12 +63,12 @@ def test_lib_has_no_import_cycle_and_imports_lib_modules_at_the_top():
         state[node] = "done"
     for node in sorted(graph):
         visit(node, [])
-    assert graph["seeding"] == set() and "train" not in graph["device_data"] | graph["data"]
+    assert graph["lib.infra.seeding"] == set()
 
 
 def test_no_module_imports_a_script():
     scripts = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "scripts", "*.py"))}
-    for path in glob.glob(os.path.join(REPO, "lib", "*.py")) + glob.glob(os.path.join(REPO, "scripts", "*.py")):
+    for path in list(_lib_modules().values()) + glob.glob(os.path.join(REPO, "scripts", "*.py")):
         names, _ = _imports(path)
         bad = [n for n in names if n.split(".")[0] in scripts | {"scripts"}]
         assert not bad, f"{path} imports the script(s) {bad}"
@@ -99,22 +114,40 @@ def test_a_run_is_repeated_from_its_config_yaml(tmp_path, cache_dir):
         assert np.array_equal(np.load(out / f"member_{i}_probs.npy"), np.load(again / f"member_{i}_probs.npy"))
 
 
-def test_report_to(tmp_path, tiny):
-    from lib.experiment import Experiment
-    exp = Experiment(settings(tiny + ["--members", "1", "--with_tracking", "--report_to", "none",
-                                      "--output_dir", tmp_path / "none"], "Fine-tune"))
+def test_report_to_turns_tracking_on_and_none_turns_it_off(tmp_path, tiny):
+    """--report_to X turns tracking on (TensorBoard events written); --report_to none with --with_tracking would log
+    nothing, so it is refused; a tracker that is not installed is refused before anything is written."""
+    from lib.training.experiment import Experiment
+    cfg = settings(tiny + ["--members", "1", "--report_to", "tensorboard", "--output_dir", tmp_path / "tb"], "Fine-tune")
+    assert cfg.with_tracking and not settings(tiny + ["--report_to", "none"]).with_tracking
+    exp = Experiment(cfg)
     exp.finetune(1)
     exp.finish()
-    assert not (tmp_path / "none" / "tensorboard").exists()
-    r = run_script("sse.py", *tiny, "--with_tracking", "--report_to", "wandb", "--output_dir", tmp_path / "w")
+    assert any(f.startswith("events.out.tfevents") for _r, _d, fs in os.walk(tmp_path / "tb" / "tensorboard")
+               for f in fs)
+    with pytest.raises(UserError, match="would log nothing"):
+        settings(tiny + ["--with_tracking", "--report_to", "none"])
+    r = run_script("sse.py", *tiny, "--report_to", "wandb", "--output_dir", tmp_path / "w")
     assert r.returncode == 2 and "needs the wandb package" in r.stderr and not (tmp_path / "w").exists()
 
 
-def test_every_flag_is_in_the_phase1_cache_key_or_declared_outside_it():
-    """A new flag must be classified: either it changes a fine-tuned member (then it is part of the phase-I cache key,
-    so a run with another value never reuses the cached member) or it does not."""
-    from lib.cli import base_parser
-    from lib.runs import NOT_PHASE1_KEYS, PHASE1_KEYS
-    flags = set(vars(base_parser("t").parse_args([])))
-    assert not set(PHASE1_KEYS) & set(NOT_PHASE1_KEYS)
-    assert flags - set(PHASE1_KEYS) - set(NOT_PHASE1_KEYS) == set()
+def test_every_setting_is_classified_in_the_schema():
+    """A new setting must say whether it keys the phase-I cache (it changes a fine-tuned member) and whether it
+    changes a result; every flag of every training script comes from the schema, and nothing else defines one."""
+    from lib.cli.parser import script_parser
+    from lib.settings import schema
+    for name, f in schema.ALL.items():
+        assert isinstance(f.metadata["phase1"], bool) and isinstance(f.metadata["result"], bool), name
+        assert f.metadata["help"], name
+    assert set(schema.PHASE1_KEYS) <= set(schema.ALL) and not set(schema.PHASE1_KEYS) & schema.NON_RESULT_KEYS
+    for script in schema.SCRIPTS:
+        parser = script_parser("t", script)
+        dests = {a.dest for a in parser._actions} - {"help"}
+        assert dests == set(parser.settings), script
+
+
+def test_flag_reference_is_generated_from_the_schema():
+    """docs/flags.md is what `python -m lib.settings.schema` prints: regenerate it when a setting changes."""
+    from lib.settings import schema
+    with open(os.path.join(REPO, "docs", "flags.md")) as f:
+        assert f.read() == schema.markdown(), "docs/flags.md is stale: python -m lib.settings.schema > docs/flags.md"

@@ -10,9 +10,9 @@ import shlex
 import subprocess
 
 import pytest
-
 from conftest import REPO, parse
-from lib.runs import PHASE1_KEYS
+
+from lib.settings.schema import PHASE1_KEYS
 
 SWEEPS = ["cifar100_core.sh", "cifar100_cycle_grid.sh", "cifar100_similarity.sh", "cifar100_peft.sh",
           "cifar100_diversity.sh", "cifar100_swin.sh"]

@@ -10,12 +10,15 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
-from lib import diversity as D, metrics, representations as R, subsets as S
-from lib.models import build_model
-from lib.report import is_optimal_starsse, regime
-from lib.runs import save_array, save_json, save_weights
+
+from lib.analysis import diversity as D
+from lib.analysis import representations as R
+from lib.analysis import subsets as S
+from lib.analysis.report import is_optimal_starsse, regime
+from lib.evaluation import metrics
+from lib.infra.files import save_array, save_json, save_weights
+from lib.models.backbones import build_model
 
 
 def _grid_config(lr_ratio, ep_ratio, method="StarSSE", **kw):

@@ -1,16 +1,18 @@
 """The training loop and the algorithms on the embedded default (tiny sizes, CPU, fp32)."""
 import os
 import shutil
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_script, settings
 from torch.utils.data import TensorDataset
 
-from conftest import run_script, settings
-from lib.experiment import Experiment
-from lib.runs import load_json, load_weights
-from lib.train import LoopSettings, fit, make_accelerator
+from lib.infra.files import load_json, load_weights
+from lib.settings.schema import LoopSettings
+from lib.training.experiment import Experiment
+from lib.training.loop import fit, make_accelerator
 
 
 def _loop(**kw):
@@ -142,6 +144,7 @@ def _kill_when_new_resume_point(cmd, folders, seen, timeout=300):
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, fresh_cache):
     import sys
+
     from conftest import REPO
     flags = ["--cpu", "--quiet", "--epochs", "3", "--cycle_epochs", "2", "--members", "3"]
     ref = run_script("starsse.py", *flags, "--cache_dir", fresh_cache("c1"), "--output_dir", tmp_path / "ref")
@@ -164,6 +167,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, fresh_cache):
 
 def test_tensorboard_logs_every_term(tmp_path, tiny, fresh_cache):
     import glob
+
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     flags = tiny + ["--members", "2", "--with_tracking", "--cache_dir", fresh_cache(), "--output_dir", tmp_path / "tb"]
     _run("StarSSE", flags)
@@ -196,8 +200,9 @@ def test_standard_sse_first_cycle_follows_the_cycle_schedule(tmp_path, tiny):
 
 
 def _tb_lrs(folder):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     import glob
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     for f in glob.glob(os.path.join(folder, "tensorboard", "**", "events*"), recursive=True):
         ea = EventAccumulator(f)
         ea.Reload()
@@ -211,7 +216,7 @@ def test_compile_switch_trains_the_same_function(tmp_path):
     what eager mode trains; the inductor backend and its speed are GPU figures (benchmarks/step_speed.py)."""
     torch.manual_seed(0)
     x, y = torch.randn(32, 3, 16, 16), torch.randint(0, 10, (32,))
-    from lib.models import build_model
+    from lib.models.backbones import build_model
     start = build_model("resnet_mini", 10).state_dict()
     out = {}
     for compiled in (False, True):

@@ -1,6 +1,7 @@
-"""OOD detection, selective prediction, calibration and shift metrics (lib/uncertainty.py) against independent
-computations (scikit-learn, hand counts, brute force, a known temperature), then through a tiny real run
-(lib/evaluation.py, scripts/evaluate.py): OOD / shift sets, an unfinished run, a read-only run, damaged weights."""
+"""OOD detection, selective prediction, calibration and shift metrics (lib/evaluation/uncertainty.py) against
+independent computations (scikit-learn, hand counts, brute force, a known temperature), then through a tiny real run
+(lib/evaluation/evaluate.py, scripts/evaluate.py): OOD / shift sets, an unfinished run, a read-only run, damaged
+weights."""
 import hashlib
 import itertools
 import json
@@ -12,13 +13,13 @@ import stat
 import numpy as np
 import pytest
 import torch
+from conftest import run_script
 from scipy.special import softmax
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from conftest import run_script
-from lib import metrics, uncertainty as u
-from lib.runs import load_json
-
+from lib.evaluation import metrics
+from lib.evaluation import uncertainty as u
+from lib.infra.files import load_json
 
 # ----------------------------------------------------------------------------------------------------------------
 # OOD metrics
@@ -187,10 +188,10 @@ def _one_error_line(r, pattern):
 
 
 def test_evaluate_run_through_real_predictions(real_run):
-    from lib.data import TensorImages, digits_normalize, load_task
-    from lib.evaluation import evaluate_run, member_models, predict_logits, run_settings
-    from lib.runs import open_run
-    from lib.train import make_accelerator
+    from lib.data.tasks import TensorImages, digits_normalize, load_task
+    from lib.evaluation.evaluate import evaluate_run, member_models, predict_logits, run_settings
+    from lib.runs.rundir import open_run
+    from lib.training.loop import make_accelerator
     run = open_run(str(real_run))
     cfg, acc = run_settings(run), make_accelerator(True)
     data = load_task(cfg)
@@ -234,7 +235,7 @@ def test_evaluate_run_through_real_predictions(real_run):
 
 
 def test_evaluate_script_partial_readonly_and_damaged(real_run, tmp_path, script_here):
-    # finished run, end to end through lib.data.load_eval_set: synthetic OOD sets, a folder of grayscale 20x20
+    # finished run, end to end through lib.data.tasks.load_eval_set: synthetic OOD sets, a folder of grayscale 20x20
     # images in class folders (labels ignored; converted and resized, with a note), a shifted set; sel/cal keys
     from PIL import Image
     (tmp_path / "ood" / "some_class").mkdir(parents=True)
@@ -297,7 +298,7 @@ def test_evaluate_script_partial_readonly_and_damaged(real_run, tmp_path, script
     w = open(bad / "member_2.safetensors", "rb").read()
     open(bad / "member_2.safetensors", "wb").write(w[:len(w) // 2])
     _one_error_line(script_here("evaluate.py", bad, "--from_weights", "--cpu"), "member_2.safetensors")
-    from lib.runs import load_weights, save_json, save_weights
+    from lib.infra.files import load_weights, save_json, save_weights
     state = load_weights(str(real_run / "member_2.safetensors"))
     state["fc.weight"][:] = float("nan")
     save_weights(str(bad / "member_2.safetensors"), state)

@@ -1,0 +1,1 @@
+"""Analyses of saved runs: results tables, representations, diversity structure, subsets."""

@@ -1,0 +1,1 @@
+"""The command line: flags derived from the settings schema, --config, and the checks before a run."""

@@ -1,0 +1,1 @@
+"""The algorithms the paper names: schedules, similarity and diversity losses, RTD, frozen stages."""

@@ -1,0 +1,1 @@
+"""Data: the fine-tuning tasks, image sources, the device pipeline, evaluation sets."""

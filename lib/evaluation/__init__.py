@@ -1,0 +1,1 @@
+"""Evaluation: ensemble metrics, uncertainty, model soups, evaluating a saved run."""

@@ -1,0 +1,1 @@
+"""Infrastructure: errors as one line, seeds, atomic files, locks, preemption signals, figures."""

@@ -1,0 +1,1 @@
+"""Models: backbones and their stages, pre-trained checkpoints."""

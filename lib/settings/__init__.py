@@ -1,0 +1,1 @@
+"""Settings: the typed schema of every flag, and the methods as data."""

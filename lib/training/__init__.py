@@ -1,0 +1,1 @@
+"""Training: the loop, an experiment's members, the embedded BYOL pre-training."""
