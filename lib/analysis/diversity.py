@@ -18,6 +18,7 @@ from lib.infra.errors import check
 from lib.infra.figures import category_colors, pyplot, save_figure, short
 from lib.infra.files import save_json, write_csv
 from lib.runs.rundir import find_runs, open_run, run_info
+from lib.settings import methods
 
 FIRST, OTHER = "tab:orange", "tab:green"  # the thesis' colours for pairs with and without member 1
 THESIS_MEMBERS = 5  # the thesis' correlation: "for each trained ensemble we consider 5 * 4 / 2 = 10 pairs"
@@ -140,7 +141,7 @@ def thesis_runs(configs):
     runs; else every run."""
     for test, how in [(is_optimal_starsse, "StarSSE runs of the thesis' optimal cycle setting (cycle lr = 2 x lr, "
                                            "cycle epochs = 0.5 x epochs)"),
-                      (lambda c: c.get("method") == "StarSSE", "StarSSE runs (none of the optimal cycle setting)"),
+                      (lambda c: getattr(methods.get(c.get("method")), "reference", False), "StarSSE runs (none of the optimal cycle setting)"),
                       (lambda c: True, "runs (no StarSSE run)")]:
         chosen = [d for d, c in configs.items() if test(c)]
         if chosen:

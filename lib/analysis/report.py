@@ -80,7 +80,8 @@ def regime(cfg):
     one semi-local (the restart lr decides how far a cycle moves from model 1); at the optimal lr, shorter cycles are
     more local, longer ones semi-local. None for runs without cycles (DE, fine-tunes, 1 member)."""
     r = cycle_ratios(cfg)
-    if r is None or "SSE" not in str(cfg.get("method")) or (cfg.get("members") or 2) < 2:
+    method = methods.get(cfg.get("method"))
+    if r is None or method is None or not method.cycles or (cfg.get("members") or 2) < 2:
         return None
     opt_epochs = int(OPTIMAL_CYCLE["epochs_ratio"] * cfg["epochs"])  # as the sweeps round: 0.5 x 25 -> 12
     if not math.isclose(r[0], OPTIMAL_CYCLE["lr_ratio"], rel_tol=1e-6):
@@ -92,7 +93,7 @@ def regime(cfg):
 
 def is_optimal_starsse(cfg):
     """A plain StarSSE run of the thesis' optimal cycle setting (no freeze, no extra loss)."""
-    return cfg.get("method") == "StarSSE" and _value(cfg, "freeze") in ("none", None) and regime(cfg) == "optimal"
+    return _is_time_base(cfg) and regime(cfg) == "optimal"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,7 +247,9 @@ def _cycle_trainable(met):
 
 
 def _is_time_base(cfg):
-    return cfg.get("method") == "StarSSE" and _value(cfg, "freeze") in ("none", None)
+    """A plain StarSSE run (the reference method, nothing frozen): the time columns' denominator."""
+    method = methods.get(cfg.get("method"))
+    return method is not None and method.reference and _value(cfg, "freeze") in ("none", None)
 
 
 def _time_key(cfg, met, with_members):
@@ -257,7 +260,7 @@ def _time_key(cfg, met, with_members):
 def thesis_time(cfgs):
     """The thesis' (epoch ratio, ensemble fraction) for a row of frozen-stage StarSSE runs of one freeze level."""
     freeze = {_value(c, "freeze") for c in cfgs}
-    if len(freeze) == 1 and all(str(c.get("method", "")).startswith("StarSSE") for c in cfgs):
+    if len(freeze) == 1 and all(getattr(methods.get(c.get("method")), "family", None) == "StarSSE" for c in cfgs):
         return THESIS_PEFT_TIME.get(freeze.pop())
     return None
 
@@ -276,7 +279,8 @@ def summarize_groups(runs, extra_keys=()):
             base.setdefault(("epoch",) + _time_key(cfg, met, False), []).append(_cycle_epoch_seconds(met))
             base.setdefault(("ensemble",) + _time_key(cfg, met, True), []).append(_ensemble_seconds(met))
     out = {}
-    for lab in sorted(groups, key=methods.order):
+    # the thesis' row order of the rows' method (lib.settings.methods), then the label
+    for lab in sorted(groups, key=lambda lab: (methods.order(groups[lab][0][2].get("method")), lab)):
         items = groups[lab]
         mets = [m for _l, _d, _c, m in items]
         keys = [k for k, _n, _p in COLUMNS + OPTIONAL_COLUMNS] + list(extra_keys)

@@ -15,6 +15,7 @@ from lib.infra.errors import check
 from lib.infra.figures import pyplot, save_figure
 from lib.infra.files import save_json, write_csv
 from lib.runs.rundir import find_runs, open_run, run_info
+from lib.settings import methods
 
 SUBSET_COLUMNS = ["run_dir", "group", "method", "seed", "subset", "avg_accuracy", "diversity", "ensemble_accuracy",
                   "better_half", "tail"]
@@ -238,7 +239,7 @@ def analyze(run_dirs, out, size=5, fix_first="auto", group_by=("method",), fract
         run = open_run(d)
         m = run.completed_members()
         check(m >= size, f"{d} has {m} finished member(s); --size {size} needs at least {size}")
-        fix = fix_first == "yes" or (fix_first == "auto" and str(run.config.get("method")).startswith("StarSSE"))
+        fix = fix_first == "yes" or (fix_first == "auto" and getattr(methods.get(run.config.get("method")), "star", False))
         count = math.comb(m - 1, size - 1) if fix else math.comb(m, size)
         check(count <= max_subsets, f"{d}: {count} subsets of {size} of {m} members, more than --max_subsets {max_subsets}")
         probs, labels = run.load_probs(m), np.load(run.file("labels.npy"))
