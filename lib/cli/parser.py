@@ -193,10 +193,12 @@ def parse(parser, method, argv=None):
         value = values.get(key)
         check(value is None or math.isfinite(value) and value > 0, f"--{key} must be positive, got {value}")
     resolve(values, given, values["dataset"])
-    if "report_to" in given:  # naming a tracker turns tracking on; "none" with --with_tracking would log nothing
-        check(values["report_to"] != "none" or "with_tracking" not in given,
+    if values["report_to"] is not None:  # a tracker turns tracking on; none with --with_tracking would log nothing
+        check(values["report_to"] != "none" or not values["with_tracking"],
               "--with_tracking with --report_to none would log nothing: drop one of the two")
         values["with_tracking"] = values["report_to"] != "none"
+    elif values["with_tracking"]:
+        values["report_to"] = "tensorboard"
     args = argparse.Namespace(**values)
     if args.list_stages:  # print --arch's stages at --image_size and stop, before anything is checked or written
         print(backbones.describe_stages(args.arch, args.image_size, {"cifar100": 100}.get(args.dataset, 10)))
@@ -204,6 +206,8 @@ def parse(parser, method, argv=None):
     _validate(args)
     data.check_settings(args)  # the data flags of --dataset (lib/data/tasks.py)
     checkpoints.check_settings(args)  # --arch, --pretrained, stage names (lib/models/checkpoints.py)
+    for spec in (args.ood_dataset or []) + (args.shift_dataset or []):  # opened by Experiment before training
+        data.check_eval_spec(spec)
     if args.mixed_precision is None:  # as accelerate resolves it: the launch config's (passed on in the environment)
         args.mixed_precision = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
     if args.pretrained is None:

@@ -516,8 +516,8 @@ def load_task(cfg):
 @dataclass
 class EvalPart:
     """One part of an evaluation set: name ("all" for a set of one part; "<corruption>/<severity>" for CIFAR-C),
-    dataset (the images in the run's test transform: lib.data.tasks.test_loader and lib.evaluation.predict.predict_many work
-    on it; its labels are -1 when there are none), labels (np.int64 in dataset order, or None: labelled=False)."""
+    dataset (the images in the run's test transform: lib.data.tasks.test_loader and lib.evaluation.predict.predict_many
+    work on it; its labels are -1 when there are none), labels (np.int64 in dataset order, or None: labelled=False)."""
     name: str
     dataset: Dataset
     labels: np.ndarray
@@ -564,9 +564,7 @@ def load_eval_set(spec, cfg, labelled, task=None):
     cifar), they are resized (bilinear, antialiased) to the test images' size; images of mixed sizes are resized
     to --image_size. An empty set, a set without labels asked for labels, and a labelled set whose classes differ
     from the task's are errors."""
-    kind, sep, arg = spec.partition(":")
-    check(kind in (EVAL_KINDS if sep else SYNTHETIC), f"unknown evaluation set '{spec}' (forms: {EVAL_FORMS})")
-    check(not sep or arg, f"evaluation set '{spec}': the folder or name after '{kind}:' is missing")
+    kind, arg = check_eval_spec(spec)
     task = task if task is not None else load_task(cfg)
     cache_dir = _get(cfg, "cache_dir", "runs/cache")
     if kind in SYNTHETIC:
@@ -614,6 +612,18 @@ def load_eval_set(spec, cfg, labelled, task=None):
             notes.append(resized)
         out.append(EvalPart(part_name, _like_test(task, images, labels), labels))
     return EvalSet(name, out, "; ".join(notes) or None)
+
+
+def check_eval_spec(spec):
+    """(kind, argument) of an evaluation-set spec, checked for its form and, for folders, that the folder exists
+    (UserError otherwise): parse runs it on every --ood_dataset / --shift_dataset before anything is built."""
+    check(isinstance(spec, str), f"evaluation set {spec!r}: a spec is a string (forms: {EVAL_FORMS})")
+    kind, sep, arg = spec.partition(":")
+    check(kind in (EVAL_KINDS if sep else SYNTHETIC), f"unknown evaluation set '{spec}' (forms: {EVAL_FORMS})")
+    check(not sep or arg, f"evaluation set '{spec}': the folder or name after '{kind}:' is missing")
+    if kind in ("imagefolder", "cifar10", "cifar100", "svhn", "cifar-c"):
+        check(os.path.isdir(arg), f"evaluation set '{spec}': folder not found: {arg}")
+    return kind, arg
 
 
 def _short_name(kind, arg):

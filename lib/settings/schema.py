@@ -198,8 +198,9 @@ class Run:
                             flag="--no_sync_bn", phase1=True, legacy=True, loop=True)
     with_tracking: bool = setting(False, "log to the --report_to trackers (set by --report_to)", phase1=False,
                                   result=False, loop=True)
-    report_to: str = setting("tensorboard", "trackers for --with_tracking (accelerate's log_with): TensorBoard logs "
-                             "go to <output_dir>/tensorboard; giving it turns --with_tracking on",
+    report_to: str = setting(None, "trackers (accelerate's log_with): TensorBoard logs go to "
+                             "<output_dir>/tensorboard; giving one turns tracking on, none turns it off (default: "
+                             "tensorboard with --with_tracking)",
                              choices=TRACKERS, phase1=False, result=False)
     quiet: bool = setting(False, "no progress bars", phase1=False, result=False, loop=True)
 

@@ -26,7 +26,7 @@ from lib.core.freeze import freeze as freeze_stages
 from lib.core.schedules import cycle_schedule, member_schedule, phase1_schedule
 from lib.data.tasks import load_task, test_loader
 from lib.evaluation import metrics
-from lib.evaluation.evaluate import evaluate_run, merge_metrics, run_summary, summary_lines
+from lib.evaluation.evaluate import evaluate_run, load_sets, merge_metrics, run_summary, summary_lines
 from lib.evaluation.predict import predict
 from lib.infra import preemption
 from lib.infra.errors import Preempted, check
@@ -63,6 +63,9 @@ class Experiment:
         self.frozen_bn = getattr(cfg, "frozen_bn", "eval")  # scripts without --freeze never freeze anything
         self.checkpoints = self._check_pretrained()
         self.data = load_task(cfg)
+        # the evaluation sets of finish(), opened now: a bad one stops the run before any member trains
+        self.eval_sets = {"ood": load_sets(cfg.ood_dataset or (), cfg, False, self.data),
+                          "shift": load_sets(cfg.shift_dataset or (), cfg, True, self.data)}
         self.lock = None
         if acc.is_main_process:  # everything is checked: from here on this run owns its directory
             RunDir.check(cfg.output_dir, cfg.as_dict())  # a different run there is refused untouched
@@ -295,8 +298,9 @@ class Experiment:
         result = run_summary(self.run, self.run.load_probs(n), self.data.test_labels, self.run.config)
         asked = bool(cfg.ood_dataset or cfg.shift_dataset)
         # selective prediction and calibration (cheap, from the saved arrays); OOD and shift sets when asked
-        result.update(evaluate_run(self.run, cfg, acc, ood=cfg.ood_dataset or (), shift=cfg.shift_dataset or (),
-                                   members=n, task=self.data, log=acc.print if asked else (lambda _m: None)))
+        result.update(evaluate_run(self.run, cfg, acc, members=n, task=self.data,
+                                   sets=self.eval_sets if asked else None,
+                                   log=acc.print if asked else (lambda _m: None)))
         if acc.is_main_process:  # keeps keys written by later evaluations (scripts/soup.py, evaluate.py)
             merge_metrics(self.run, result, drop=("partial", "planned_members"))  # a finished run now
         if cfg.with_tracking:

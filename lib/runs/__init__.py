@@ -1,0 +1,1 @@
+"""Runs on disk: the run directory, its members and their digests."""
