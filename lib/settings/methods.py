@@ -17,6 +17,7 @@ class Method:
     family: str              # "scratch", "DE", "SSE" or "StarSSE": the thesis' groups of rows
     independent: bool        # members 2..M depend on model 1 at most: --member_parallel may train them apart
     cycles: bool = False     # members 2..M are cosine cycles restarted at --cycle_lr: the cycle-regime analyses
+    phase1: bool = True      # member 1 is phase I (False: Standard SSE, whose first cycle is like every other)
     star: bool = False       # every cycle starts from model 1, so member 1 is in every subset (thesis table 6.1)
     reference: bool = False  # plain StarSSE: the time columns' denominator and the thesis' optimal-setting analyses
     frozen_stage: str = None  # the variant that trains only the stages from this one on (thesis section 5)
@@ -32,7 +33,7 @@ SCRATCH_DE = Method("Scratch DE", "scratch_de", "scratch", independent=True)
 FINE_TUNE = Method("Fine-tune", "fine-tune", "DE", independent=True)
 LOCAL_DE = Method("Local DE", "local_de", "DE", independent=True)
 GLOBAL_DE = Method("Global DE", "global_de", "DE", independent=True)
-STANDARD_SSE = Method("Standard SSE", "standard_sse", "SSE", independent=False, cycles=True)
+STANDARD_SSE = Method("Standard SSE", "standard_sse", "SSE", independent=False, cycles=True, phase1=False)
 SSE = Method("SSE", "sse", "SSE", independent=False, cycles=True)
 STARSSE = Method("StarSSE", "starsse", "StarSSE", independent=True, cycles=True, star=True, reference=True)
 SSE_RTD = Method("SSE-RTD", "sse-rtd", "SSE", independent=False, cycles=True)

@@ -42,7 +42,25 @@ from lib.training.loop import fit, make_accelerator
 from lib.training.pretrain import default_checkpoint, pretrain_digits
 
 HEAD_STREAM = 7  # seed stream of a fresh head: (seed, member, HEAD_STREAM)
+SLOW_ON_CPU = 96  # px: from this input size on, a full-size backbone on the CPU takes minutes a step (2 cores)
 
+
+def plan(cfg, device):
+    """The run's first line: where its files go and what it trains (members, epochs, learning rates)."""
+    method = methods.get(cfg.method)
+    m, cycle = cfg.members, f"{cfg.cycle_epochs} epochs restarted at lr {cfg.cycle_lr:g}"
+    if method is not None and method.cycles and m > 1:
+        first = f"member 1 (phase I: {cfg.epochs} epochs at lr {cfg.lr:g})" if method.phase1 else \
+            f"member 1 (a cycle of {cycle})"
+        what = f"{first}, then {m - 1} cycle(s) of {cycle}"
+        if method.frozen_stage:
+            what += f", training the stages from {method.frozen_stage} on"
+    else:
+        what = f"{m} fine-tune(s) of {cfg.epochs} epochs at lr {cfg.lr:g}"
+        if method is not None and method.frozen_stage:
+            what += f", only the stages from {method.frozen_stage} on"
+    return (f"[{cfg.method}] {os.path.abspath(cfg.output_dir)}: {what}; {cfg.dataset}, {cfg.arch} at "
+            f"{cfg.image_size} px, batch {cfg.batch_size}, on {device}")
 
 
 class Experiment:
@@ -57,6 +75,10 @@ class Experiment:
         # who writes a member's files: the process that trained it alone (member-parallel), else the main process
         self.writer = self.parallel or acc.is_main_process
         self.loop = LoopSettings.from_settings(cfg)
+        acc.print(plan(cfg, acc.device.type))
+        if acc.device.type == "cpu" and cfg.arch != "resnet_mini" and cfg.image_size >= SLOW_ON_CPU:
+            acc.print(f"note: {cfg.arch} at {cfg.image_size} px on the CPU takes minutes a step; a CPU-sized run: "
+                      f"--arch resnet_mini --image_size 16 (docs/data.md)")
         check(self.parallel or cfg.batch_size % acc.num_processes == 0,
               f"--batch_size {cfg.batch_size} must be divisible by the number of processes ({acc.num_processes}): "
               f"it is the global batch, split evenly over them")
@@ -118,8 +140,9 @@ class Experiment:
         embedded = default_checkpoint(cfg.cache_dir, 0)
         if cfg.dataset == "digits" and cfg.pretrained == [embedded]:
             if acc.is_main_process and not os.path.exists(embedded):
-                acc.print(f"creating the embedded pre-trained checkpoint {embedded} (once)")
-                pretrain_digits(embedded, seed=0)
+                acc.print(f"the embedded pre-trained checkpoint is missing: pre-training it once (BYOL on the "
+                          f"unlabelled digits, about a minute on 2 CPU cores) into {os.path.abspath(embedded)}")
+                pretrain_digits(embedded, seed=0, verbose=not cfg.quiet)
             self.sync(shared=True)
         for p in cfg.pretrained:  # fail now, before anything is written, if weights are missing or do not fit
             state = check_pretrained(p, cfg.arch, cfg.image_size)
@@ -308,6 +331,8 @@ class Experiment:
         acc.print(format_result(result))
         if asked:
             acc.print("\n".join(summary_lines(result)))
+        acc.print(f"results: {os.path.abspath(self.run.file('metrics.json'))} (members and their predictions in "
+                  f"{os.path.abspath(self.run.path)})")
         self.sync(shared=True)
         if self.lock is not None:
             self.lock.release()

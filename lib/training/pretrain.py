@@ -7,11 +7,11 @@ checkpoints to fine-tune. `method="supervised"` pre-trains on the pool's labels 
 import copy
 import math
 import os
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from lib.data.tasks import digits_arrays, digits_normalize, digits_splits
 from lib.infra.files import save_weights
@@ -60,7 +60,8 @@ def _mlp(i, h, o):
 
 
 def pretrain_digits(out_path, seed=0, method="byol", epochs=None, verbose=True):
-    """Pre-train a resnet_mini on the digits pool and save its backbone (no fc) to out_path (atomically)."""
+    """Pre-train a resnet_mini on the digits pool and save its backbone (no fc) to out_path (atomically).
+    verbose: a progress bar with its ETA (the 200 BYOL epochs take about a minute on two CPU cores)."""
     cfg = dict(BYOL_DEFAULTS, **({"epochs": epochs} if epochs else {}))
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -83,7 +84,9 @@ def pretrain_digits(out_path, seed=0, method="byol", epochs=None, verbose=True):
     opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=0.9, weight_decay=cfg["weight_decay"])
     bs = cfg["batch_size"]
     steps_per_epoch = len(data) // bs
-    total, step, t0 = cfg["epochs"] * steps_per_epoch, 0, time.time()
+    total, step = cfg["epochs"] * steps_per_epoch, 0
+    bar = tqdm(total=cfg["epochs"], desc=f"pre-training ({method}, seed {seed})", unit="epoch", disable=not verbose,
+               dynamic_ncols=True)
     for epoch in range(cfg["epochs"]):
         perm = torch.randperm(len(data), generator=g)
         for k in range(steps_per_epoch):
@@ -110,9 +113,9 @@ def pretrain_digits(out_path, seed=0, method="byol", epochs=None, verbose=True):
                     for bt, bo in zip(target.buffers(), online.buffers()):
                         bt.copy_(bo)
             step += 1
-        if verbose and (epoch + 1) % 20 == 0:
-            print(f"pretrain[{method} seed {seed}] epoch {epoch + 1}/{cfg['epochs']} loss {loss.item():.3f} "
-                  f"({time.time() - t0:.0f}s)", flush=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
     state = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
     save_weights(out_path, state)
     return out_path
