@@ -327,7 +327,10 @@ def test_starsse_on_save_to_disk_and_parquet_gives_the_same_members(roots, tmp_p
         assert r.returncode == 0, r.stderr
         assert json.loads((out / "metrics.json").read_text())["members"] == 2
         probs.append([np.load(out / f"member_{i}_probs.npy") for i in (1, 2)])
-        assert len(os.listdir(tmp_path / f"cache{k}" / "decoded")) == 4  # train and test: scan + 12x12 tensor
+        decoded = sorted(os.listdir(tmp_path / f"cache{k}" / "decoded"))
+        assert len(decoded) == 8  # train and test: scan + 12x12 tensor, each with its digest (.sha256)
+        assert [f for f in decoded if f.endswith(".npy")] == [f[:-len(".sha256")] for f in decoded if
+                                                              f.endswith(".sha256")]
     assert all(np.array_equal(a, b) for a, b in zip(*probs))
 
 

@@ -19,7 +19,7 @@ from lib.data.tasks import load_task, test_loader
 from lib.evaluation import metrics
 from lib.infra.errors import check
 from lib.infra.figures import category_colors, pyplot, save_figure, short
-from lib.infra.files import load_json, load_weights, save_json, write_csv
+from lib.infra.files import intact, load_json, load_weights, save_json, seal, write_csv
 from lib.models.backbones import arch_stages, build_model
 from lib.models.stages import feature_layer, taps
 from lib.runs.rundir import find_runs, open_run, run_info
@@ -107,8 +107,8 @@ def member_representations(run, n_points=256, stages=None, data_dir=None, device
                 "first": _file_id(run.weights(1)), "rtd": "symmetric, quantile", "wasserstein": "W2, exact EMD (POT)"}
     results, todo = {}, []
     for i in range(1, n + 1):
-        try:
-            cached = load_json(representation_cache(run, i))
+        try:  # a damaged entry (its digest: lib.infra.files.seal) is computed again
+            cached = load_json(representation_cache(run, i)) if intact(representation_cache(run, i)) else None
         except (OSError, ValueError):
             cached = None
         if cached is not None and cached.get("key") == key(i):
@@ -141,6 +141,7 @@ def member_representations(run, n_points=256, stages=None, data_dir=None, device
                       "weights": {s: float(v[1]) for s, v in weight_mse.items()},
                       "cosine": float(cosine_from_gram(gram)[0, 1])}
         save_json(representation_cache(run, i), results[i])
+        seal(representation_cache(run, i))
         log(f"{run.path}: member {i} computed ({len(images)} test points, {time.time() - t0:.1f} s)")
     return results
 

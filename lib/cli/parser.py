@@ -201,6 +201,7 @@ def parse(parser, method, argv=None):
         values["report_to"] = "tensorboard"
     args = argparse.Namespace(**values)
     if args.list_stages:  # print --arch's stages at --image_size and stop, before anything is checked or written
+        backbones.check_input_size(args.arch, args.image_size, args.drop_path)
         print(backbones.describe_stages(args.arch, args.image_size, {"cifar100": 100}.get(args.dataset, 10)))
         raise SystemExit(0)
     _validate(args)

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from lib.infra.errors import UserError, check
-from lib.infra.files import save_array
+from lib.infra.files import intact, save_array, seal
 
 IMAGE_COLUMNS = ("image", "img")          # the image column when --image_column is not given
 LABEL_COLUMNS = ("label", "fine_label")   # the label column when --label_column is not given (fine_label: CIFAR-100)
@@ -139,11 +139,13 @@ def _cache_path(cache_dir, source, suffix):
 
 
 def scan(source, cache_dir=None):
-    """Open every image of `source` once: its size and mode from the header, and PIL's `verify` (for PNG: every
-    chunk's CRC, so a truncated file is caught too). A UserError names the first image that fails. Cached."""
+    """Open and decode every image of `source` once: its size and mode, PIL's `verify` (for PNG: every chunk's CRC)
+    and a full decode (a truncated JPEG passes verify and fails only when decoded), so that no image fails later in a
+    DataLoader worker. A UserError names the first image that fails. Cached (with its digest: lib.infra.files.seal),
+    so the decode happens once per data set."""
     check(len(source) > 0, f"{source.name} has no images")
     path = _cache_path(cache_dir, source, "scan.npy")
-    if path is not None and os.path.exists(path):
+    if path is not None and intact(path):  # a damaged entry is made again
         rows = np.load(path)
         return Scan(rows[:, :2], int(rows[:, 2].sum()))
     rows = np.zeros((len(source), 3), dtype=np.int64)
@@ -151,13 +153,15 @@ def scan(source, cache_dir=None):
         try:
             image = source._open(raw)
             rows[i] = image.height, image.width, image.mode != "RGB"
-            image.verify()
+            image.verify()  # PNG: every chunk's CRC
+            source._open(raw).load()  # the whole decode: a truncated JPEG passes verify, not load
         except UserError:
             raise
         except Exception as e:
             raise UserError(f"{source.where(i)} cannot be decoded ({type(e).__name__}: {e})") from None
     if path is not None:
         save_array(path, rows)
+        seal(path)
     return Scan(rows[:, :2], int(rows[:, 2].sum()))
 
 
@@ -173,7 +177,7 @@ def decode(source, size, cache_dir=None):
     `<cache_dir>/decoded/<fingerprint>-<H>x<W>.npy` (written atomically) and read from there the next time."""
     height, width = size
     path = _cache_path(cache_dir, source, f"{height}x{width}.npy")
-    if path is not None and os.path.exists(path):
+    if path is not None and intact(path):  # a damaged entry is decoded again
         images = np.load(path)
         if images.shape == (len(source), 3, height, width):
             return torch.from_numpy(images)
@@ -185,6 +189,7 @@ def decode(source, size, cache_dir=None):
         images[i] = np.asarray(image).transpose(2, 0, 1)
     if path is not None:
         save_array(path, images)
+        seal(path)
     return torch.from_numpy(images)
 
 

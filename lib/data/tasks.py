@@ -502,6 +502,9 @@ def load_task(cfg):
         identity["train_images"] = srcs.train.fingerprint
         task = load_source_task(srcs, augment, image_size, pipeline, _get(cfg, "cache_dir", "runs/cache"), val_split,
                                 data_config, auto_augment, reprob)
+    check(task.num_classes >= 2, f"the task has {task.num_classes} class"
+                                 f"{' (' + str(task.class_names[0]) + ')' if task.class_names else ''}: a classifier "
+                                 f"needs at least two (an image folder holds one sub-folder per class)")
     extras = {"val_split": val_split, "val_split_name": val_split_name, "auto_augment": auto_augment,
               "reprob": reprob or None, "data_config": data_config}
     identity.update({k: v for k, v in extras.items() if v is not None})
@@ -654,7 +657,11 @@ def _read_cifar_c(root, labelled, task):
     """CIFAR-10-C / CIFAR-100-C parts [(name, images, labels)], memory-mapped (a part is read when used)."""
     check(os.path.isdir(root), f"cifar-c:{root}: folder not found")
     check(os.path.isfile(os.path.join(root, "labels.npy")), f"cifar-c:{root}: labels.npy not found there")
-    labels = np.load(os.path.join(root, "labels.npy")).astype(np.int64)
+    labels = _read_npy(os.path.join(root, "labels.npy"), f"cifar-c:{root}")
+    check(labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer),
+          f"cifar-c:{root}: labels.npy holds {labels.dtype} {labels.shape}, not one integer label per image")
+    check(len(labels) == 0 or labels.min() >= 0, f"cifar-c:{root}: labels.npy holds negative labels")
+    labels = labels.astype(np.int64)
     check(len(labels) % 5 == 0 and len(labels) > 0, f"cifar-c:{root}: labels.npy holds {len(labels)} labels, not "
                                                     f"5 severities x N")
     n = len(labels) // 5
@@ -662,7 +669,7 @@ def _read_cifar_c(root, labelled, task):
     check(corruptions, f"cifar-c:{root}: no <corruption>.npy files there")
     parts = []
     for c in corruptions:
-        arr = np.load(os.path.join(root, c + ".npy"), mmap_mode="c")
+        arr = _read_npy(os.path.join(root, c + ".npy"), f"cifar-c:{root}", mmap_mode="c")
         check(arr.dtype == np.uint8 and arr.ndim == 4 and arr.shape[0] == len(labels) and arr.shape[3] == 3,
               f"cifar-c:{root}: {c}.npy holds {arr.dtype} {arr.shape}, not uint8 ({len(labels)}, H, W, 3)")
         for s in range(1, 6):
@@ -672,6 +679,15 @@ def _read_cifar_c(root, labelled, task):
     check(not labelled or classes == task.num_classes,
           f"cifar-c:{root} has {classes} classes, the task {task.num_classes}")
     return parts, CIFAR10_CLASSES if classes == 10 else None  # CIFAR-10-C: CIFAR-10's classes; -100-C: unnamed
+
+
+def _read_npy(path, what, mmap_mode=None):
+    """np.load of a data file (no pickles), with one line naming it when it is not a readable .npy array."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise UserError(f"{what}: {os.path.basename(path)} is not a readable .npy array ({str(e).splitlines()[0]})") \
+            from None
 
 
 def _check_eval_classes(spec, labels, names, task):

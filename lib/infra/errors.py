@@ -6,6 +6,8 @@ import os
 import signal
 import sys
 
+from lib.infra import preemption
+
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: the resume point is written; re-run (or requeue) to continue
 INTERRUPTED_EXIT = 130
 
@@ -44,15 +46,33 @@ def os_error_line(e):
     }.get(e.errno, f"{e.strerror or e}: {where}")
 
 
-def _exit_quietly(_signum, _frame):
-    print("interrupted while starting: nothing was written", file=sys.stderr, flush=True)
-    os._exit(INTERRUPTED_EXIT)
+def _exit_quietly(signum, _frame):
+    if signum == signal.SIGINT:
+        print("interrupted while starting: nothing was written", file=sys.stderr, flush=True)
+        os._exit(INTERRUPTED_EXIT)
+    print(f"stopped by {signal.Signals(signum).name} while starting: nothing was written; re-run the same command",
+          file=sys.stderr, flush=True)
+    os._exit(PREEMPTED_EXIT)
+
+
+def _stop_here(signum, _frame):
+    raise Preempted(f"stopped by {signal.Signals(signum).name}; nothing is half-written (every file is written whole "
+                    f"or not at all): re-run the same command")
 
 
 def interrupt_quietly():
-    """Ctrl-C while a script imports its libraries: one line and exit 130, not a traceback. cli_main restores the
-    usual KeyboardInterrupt once main() runs. Scripts call this before their heavy imports."""
-    signal.signal(signal.SIGINT, _exit_quietly)
+    """Ctrl-C (or a stop signal) while a script imports its libraries: one line and exit 130 (75), not a traceback
+    or a silent 143. cli_main takes over once main() runs. Scripts call this before their heavy imports."""
+    for s in (signal.SIGINT, *preemption.SIGNALS):
+        signal.signal(s, _exit_quietly)
+
+
+_CLEANUPS = []  # what runs when a script's main() ends, however it ends (lib.infra.locks releases its locks)
+
+
+def when_main_ends(fn):
+    """Run fn() when cli_main's main() returns or raises."""
+    _CLEANUPS.append(fn)
 
 
 def _say(line):
@@ -63,13 +83,19 @@ def _say(line):
 
 def cli_main(fn):
     """Decorator for a script's main(): UserError (and environment faults) -> 'error: ...' on stderr and exit status 2;
-    Preempted -> exit PREEMPTED_EXIT; Ctrl-C -> one line and exit 130."""
+    Preempted (a stop signal: training writes its resume point first, lib.infra.preemption) -> exit PREEMPTED_EXIT;
+    Ctrl-C -> one line and exit 130. A stop signal that arrives after the work is done is said, and the exit is 0."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s in preemption.SIGNALS:  # until training installs its own (a flag checked at every step)
+            signal.signal(s, _stop_here)
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            if preemption.requested():
+                _say(f"note: {preemption.requested()} arrived as the work ended; it is complete, nothing to resume")
+            return result
         except UserError as e:
             _say(f"error: {e}")
             sys.exit(2)
@@ -82,5 +108,8 @@ def cli_main(fn):
         except KeyboardInterrupt:
             _say("interrupted: re-run the same command to resume")
             sys.exit(INTERRUPTED_EXIT)
+        finally:
+            for cleanup in _CLEANUPS:
+                cleanup()
 
     return wrapper

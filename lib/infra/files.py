@@ -30,11 +30,14 @@ def atomic_write(path, write_fn):
         write_fn(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp (and safetensors) create 0600
         os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, path) from e
-    except RuntimeError as e:  # C++ writers (torch.save) report a full disk as "iostream error"
-        if shutil.disk_usage(folder).free < (1 << 20):
+    except (OSError, RuntimeError) as e:
+        code = getattr(e, "errno", None)
+        # numpy's writer (OSError without errno) and C++ writers (torch.save: RuntimeError "iostream error") do not
+        # say that the disk is full: the free space does
+        if code is None and shutil.disk_usage(folder).free < (1 << 20):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path) from e
+        if isinstance(e, OSError):
+            raise OSError(code, e.strerror or str(e), path) from e
         raise
     finally:
         if os.path.exists(tmp):
@@ -96,6 +99,31 @@ def file_sha256(path):
     """sha256 of a file's content (member files in records, pre-trained checkpoints in phase-I cache keys)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _seal_path(path):
+    return path + ".sha256"
+
+
+def seal(path):
+    """Write `path`'s sha256 beside it (<path>.sha256): cache entries that must never be used damaged."""
+    digest = file_sha256(path)
+    atomic_write(_seal_path(path), lambda tmp: open(tmp, "w").write(digest + "\n"))
+
+
+def intact(path, unsealed=False):
+    """Whether the cache entry `path` exists and matches the digest beside it; an entry without one (written before
+    entries were sealed) counts as `unsealed`."""
+    if not os.path.exists(path):
+        return False
+    try:
+        with open(_seal_path(path)) as f:
+            expected = f.read().strip()
+    except FileNotFoundError:
+        return unsealed
+    except OSError:
+        return False
+    return file_sha256(path) == expected
 
 
 def copy_file(src, dst):

@@ -11,7 +11,9 @@ import os
 import socket
 import time
 
-from lib.infra.errors import UserError
+from lib.infra.errors import UserError, when_main_ends
+
+_HELD = set()  # the locks this process holds: released when a script's main() ends, however it ends
 
 
 class FileLock:
@@ -30,6 +32,7 @@ class FileLock:
             os.close(fd)
             return False
         self.fd = fd
+        _HELD.add(self)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"host {socket.gethostname()}, PID {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
                   .encode(), 0)
@@ -41,6 +44,7 @@ class FileLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
+            _HELD.discard(self)
 
     def holder(self):
         try:
@@ -55,6 +59,15 @@ class FileLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def release_all():
+    """Release every lock this process holds (the kernel would at its exit; a script run in-process ends earlier)."""
+    for lock in list(_HELD):
+        lock.release()
+
+
+when_main_ends(release_all)
 
 
 def lock_run_dir(path):

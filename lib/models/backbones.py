@@ -207,6 +207,31 @@ def meta_model(arch, num_classes=10, image_size=None, drop_path=0.0):
             return build_model(arch, num_classes, image_size, drop_path)
 
 
+PROBE_SIZES = (8, 16, 24, 32, 48, 64, 96, 112, 128, 160, 192, 224, 256, 288, 320, 384, 448, 512)
+
+
+def check_input_size(arch, image_size, drop_path=0.0):
+    """One forward pass on the meta device at `image_size` (no memory, no compute): a model that cannot take it (a
+    kernel larger than a feature map, a fixed-size ViT) gives one line naming the smallest size in PROBE_SIZES that
+    works, before anything is built or written."""
+    model = meta_model(arch, 10, image_size, drop_path)
+
+    def fits(size, m):
+        try:
+            _probe(m, size)
+            return None
+        except Exception as e:  # torch's shape checks raise RuntimeError, timm's asserts AssertionError
+            return str(e).splitlines()[0][:160] or type(e).__name__
+    why = fits(image_size, model)
+    if why is None:
+        return
+    smallest = next((s for s in PROBE_SIZES if s > image_size and fits(s, meta_model(arch, 10, s, drop_path)) is None),
+                    None)
+    raise UserError(f"--arch {arch} cannot take {image_size} px inputs ({why}); "
+                    + (f"the smallest --image_size that works is {smallest}" if smallest else
+                       f"none of {PROBE_SIZES[0]}-{PROBE_SIZES[-1]} px works either"))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # stages
 

@@ -28,9 +28,11 @@ import torch.nn as nn
 from lib.infra.errors import UserError, check
 from lib.infra.files import file_sha256
 from lib.models.backbones import (
+    PROBE_SIZE,
     arch_family,
     arch_stages,
     build_model,
+    check_input_size,
     library_model,
     meta_model,
     stage_map,
@@ -46,7 +48,7 @@ def check_settings(args):
     """--arch, --image_size / --drop_path for it, --freeze and --layers against its stages, and the --pretrained
     forms, before anything is built or written (a model on the meta device; nothing is downloaded)."""
     smap = arch_stages(args.arch)
-    meta_model(args.arch, 10, getattr(args, "image_size", None), getattr(args, "drop_path", 0.0) or 0.0)
+    check_input_size(args.arch, getattr(args, "image_size", None) or PROBE_SIZE, getattr(args, "drop_path", 0.0) or 0.0)
     freeze = getattr(args, "freeze", None)
     if freeze is not None:
         check(freeze in smap.freeze_choices,

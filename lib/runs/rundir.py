@@ -35,12 +35,19 @@ def record_digest(record):
     return hashlib.sha256(json.dumps(strict(body), sort_keys=True).encode()).hexdigest()
 
 
+# facts of a run that config.json records besides its settings, since they are recorded: an older run did not say
+# (and is taken as it is). processes: how many processes train each member together (1 for member-parallel runs);
+# DDP on N processes gives other numbers than one process, so members trained under different counts never mix.
+RUN_FACTS = ("processes",)
+
+
 def config_diff(old, new):
     keys = (set(old) | set(new)) - schema.NON_RESULT_KEYS
     if old.get("data_pipeline") == new.get("data_pipeline") == "device":
         keys.discard("num_workers")  # workers change the random streams of the torchvision pipeline only
     legacy = schema.LEGACY  # a run recorded before a setting existed had the value that reproduces it
-    same = lambda k: old.get(k) == new.get(k) or (k not in old and k in legacy and new.get(k) == legacy[k])
+    same = lambda k: old.get(k) == new.get(k) or (k not in old and k in legacy and new.get(k) == legacy[k]) or \
+        (k not in old and k in RUN_FACTS)
     return sorted(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if not same(k))
 
 
@@ -57,7 +64,7 @@ class RunDir:
             os.makedirs(path, exist_ok=True)
             cfg_path = os.path.join(path, "config.json")
             if stale or not os.path.exists(cfg_path):
-                save_yaml(os.path.join(path, "config.yaml"), {k: v for k, v in config.items() if k != "config"})
+                save_yaml(os.path.join(path, "config.yaml"), {k: v for k, v in config.items() if k != "config" and k not in RUN_FACTS})
                 save_json(cfg_path, config)
         self.config = config
 
@@ -163,6 +170,12 @@ class RunDir:
             check(file_sha256(path) == digest, f"{path} is damaged (its content does not match the digest in "
                                                f"{os.path.basename(self.record(i))}); {recover}")
         return record
+
+    def discard_member(self, i):
+        """Remove member i's files, record and resume point (a damaged cache entry, before it is trained again)."""
+        for path in [*self.member_files(i).values(), self.record(i), self.resume(i)]:
+            if os.path.exists(path):
+                os.remove(path)
 
     def load_member_weights(self, i):
         self.verify_member(i)

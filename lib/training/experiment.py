@@ -29,8 +29,8 @@ from lib.evaluation import metrics
 from lib.evaluation.evaluate import evaluate_run, load_sets, merge_metrics, run_summary, summary_lines
 from lib.evaluation.predict import predict
 from lib.infra import preemption
-from lib.infra.errors import Preempted, check
-from lib.infra.files import copy_file, save_array
+from lib.infra.errors import Preempted, UserError, check
+from lib.infra.files import copy_file, intact, save_array
 from lib.infra.locks import FileLock, lock_run_dir, wait_for
 from lib.infra.seeding import seed_for
 from lib.models.backbones import build_model
@@ -75,6 +75,8 @@ class Experiment:
         # who writes a member's files: the process that trained it alone (member-parallel), else the main process
         self.writer = self.parallel or acc.is_main_process
         self.loop = LoopSettings.from_settings(cfg)
+        # what config.json records: the settings and how many processes train each member together
+        self.record = dict(cfg.as_dict(), processes=1 if self.parallel else acc.num_processes)
         acc.print(plan(cfg, acc.device.type))
         if acc.device.type == "cpu" and cfg.arch != "resnet_mini" and cfg.image_size >= SLOW_ON_CPU:
             acc.print(f"note: {cfg.arch} at {cfg.image_size} px on the CPU takes minutes a step; a CPU-sized run: "
@@ -90,9 +92,9 @@ class Experiment:
                           "shift": load_sets(cfg.shift_dataset or (), cfg, True, self.data)}
         self.lock = None
         if acc.is_main_process:  # everything is checked: from here on this run owns its directory
-            RunDir.check(cfg.output_dir, cfg.as_dict())  # a different run there is refused untouched
+            RunDir.check(cfg.output_dir, self.record)  # a different run there is refused untouched
             self.lock = lock_run_dir(cfg.output_dir)
-        self.run = RunDir(cfg.output_dir, cfg.as_dict(), is_main=acc.is_main_process)
+        self.run = RunDir(cfg.output_dir, self.record, is_main=acc.is_main_process)
         if acc.is_main_process:
             self.run.clean()
         self.sync(shared=True)
@@ -135,12 +137,14 @@ class Experiment:
 
     def _check_pretrained(self):
         """The checkpoints, each checked to fit the arch before anything is written; the embedded default
-        checkpoint is created once if missing."""
+        checkpoint is created once if missing, and again if it is damaged (its digest: lib.infra.files.seal)."""
         cfg, acc = self.cfg, self.accelerator
         embedded = default_checkpoint(cfg.cache_dir, 0)
         if cfg.dataset == "digits" and cfg.pretrained == [embedded]:
-            if acc.is_main_process and not os.path.exists(embedded):
-                acc.print(f"the embedded pre-trained checkpoint is missing: pre-training it once (BYOL on the "
+            if acc.is_main_process and not intact(embedded, unsealed=True):
+                why = "is damaged (its content does not match its digest)" if os.path.exists(embedded) else \
+                    "is missing"
+                acc.print(f"the embedded pre-trained checkpoint {why}: pre-training it once (BYOL on the "
                           f"unlabelled digits, about a minute on 2 CPU cores) into {os.path.abspath(embedded)}")
                 pretrain_digits(embedded, seed=0, verbose=not cfg.quiet)
             self.sync(shared=True)
@@ -192,6 +196,13 @@ class Experiment:
             cache = RunDir(entry, key, is_main=self.writer)
             if self.writer:
                 cache.clean()
+                if cache.done(1):  # a damaged entry is trained again, never copied into a run
+                    try:
+                        cache.verify_member(1)
+                    except UserError as e:
+                        self.accelerator.print(f"note: the cached phase I of member {member} is damaged "
+                                               f"({str(e).split(';')[0]}): training it again")
+                        cache.discard_member(1)
             self.sync()
             if not cache.done(1):
                 model = self._init_model(checkpoint, member)
@@ -318,6 +329,9 @@ class Experiment:
         self.sync(shared=True)  # member-parallel: every process has written its members
         n = self.run.completed_members()
         assert n >= 1, f"no finished member in {self.run.path}"
+        if preemption.requested():  # a stop signal during the last member's saving: evaluate on the re-run
+            raise Preempted(f"stopped before the evaluation ({preemption.requested()}); every member is saved: re-run "
+                            f"the same command to evaluate")
         result = run_summary(self.run, self.run.load_probs(n), self.data.test_labels, self.run.config)
         asked = bool(cfg.ood_dataset or cfg.shift_dataset)
         # selective prediction and calibration (cheap, from the saved arrays); OOD and shift sets when asked

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lib.data.tasks import digits_arrays, digits_normalize, digits_splits
-from lib.infra.files import save_weights
+from lib.infra.files import save_weights, seal
 from lib.models.backbones import build_model
 
 # BYOL hyper-parameters for the digits pool (1217 images), chosen on fine-tuning accuracy with 4 labels per class
@@ -118,4 +118,5 @@ def pretrain_digits(out_path, seed=0, method="byol", epochs=None, verbose=True):
     bar.close()
     state = {k: v for k, v in backbone.state_dict().items() if not k.startswith("fc.")}
     save_weights(out_path, state)
+    seal(out_path)  # its digest beside it: a damaged cached checkpoint is made again (lib/training/experiment.py)
     return out_path
