@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README, on one GPU machine, from the repo root. Parts, in order of priority (each under its
-# own time guard; PARTS="starsse rtd" runs a subset; a part that fails or runs out of time does not stop the others;
-# the exit status says whether all passed):
+# Every GPU figure of docs/performance.md, on one GPU machine, from the repo root. Parts, in order of priority
+# (each under its own time guard; PARTS="starsse rtd" runs a subset; a part that fails or runs out of time does not
+# stop the others; the exit status says whether all passed):
 #   starsse     a whole paper-size StarSSE (5 members, 25 + 4 x 12 epochs, ResNet-50 224 px, batch 256, fp16, device
 #               pipeline) on a CIFAR-100-shaped set: wall time, images/s, time outside training (target < 10 min)
 #   rtd         SSE-RTD / SSE-MSE step cost against SSE at batch 256, 224 px, sequential and overlapped barcodes

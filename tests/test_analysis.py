@@ -228,7 +228,7 @@ def test_diversity_subsets_and_thesis_report(tiny_run):
     assert [x["subset"] for x in rows] == ["1 2", "1 3"]  # StarSSE: member 1 in every subset
     assert float(rows[1]["ensemble_accuracy"]) == pytest.approx(metrics.ensemble_accuracy(probs[[0, 2]], labels))
     assert _is_png(os.path.join(out, "subsets.png")) and "worst 5 %" in r.stdout
-    documented = open(os.path.join(REPO, "README.md")).read()
+    documented = open(os.path.join(REPO, "docs", "analyses.md")).read()  # the CSV columns, documented
     for column in R.REPR_COLUMNS + D.PAIR_COLUMNS + _header(os.path.join(out, "subsets.csv")):
         assert f"`{column}`" in documented, column
 
