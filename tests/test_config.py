@@ -96,3 +96,18 @@ def test_the_optimizer_a_config_file_names_is_the_one_that_trains(tmp_path, tiny
     assert settings(["--config", out / "config.yaml"], "Fine-tune").as_dict() == \
         {**recorded, "config": str(out / "config.yaml")} and again["optimizer"] == "adamw"
     assert os.path.exists(out / "metrics.json")
+
+
+def test_cycle_settings_follow_phase_one_unless_set_and_a_multiple_must_agree(tiny):
+    """Unless set, cycles follow phase I by the paper's ratios (2x lr, 0.5x epochs, rounded down); digits' and
+    CIFAR-100's defaults give the numbers they always had; a value and a multiple that disagree are refused."""
+    assert (settings(["--cpu"]).cycle_lr, settings(["--cpu"]).cycle_epochs) == (0.02, 20)
+    assert (settings(["--cpu", "--epochs", "25", "--lr", "0.05"]).cycle_lr,
+            settings(["--cpu", "--epochs", "25", "--lr", "0.05"]).cycle_epochs) == (0.1, 12)
+    assert settings(["--cpu", "--epochs", "3", "--cycle_epochs_mult", "0.2"]).cycle_epochs == 1  # at least one
+    assert settings(["--cpu", "--epochs", "10", "--cycle_epochs_mult", "2"]).cycle_epochs == 20
+    assert settings(["--cpu", "--cycle_lr", "0.03", "--cycle_lr_mult", "3"]).cycle_lr == 0.03
+    with pytest.raises(UserError, match=r"--cycle_lr 0.5 and --cycle_lr_mult 3.0 disagree \(3.0 x --lr 0.01 gives"):
+        settings(["--cpu", "--cycle_lr", "0.5", "--cycle_lr_mult", "3"])
+    with pytest.raises(UserError, match="--cycle_epochs_mult must be positive"):
+        settings(["--cpu", "--cycle_epochs_mult", "0"])

@@ -157,12 +157,19 @@ def resolve(values, given, dataset):
         if values[name] is None and name not in given and name in schema.ALL:
             value = schema.dataset_default(name, dataset)
             values[name] = min(value, os.cpu_count() or 1) if name == "num_workers" and value else value
-    if "cycle_lr" in values:
-        if values.get("cycle_lr_mult") is not None or values["cycle_lr"] is None:
-            values["cycle_lr"] = (values.get("cycle_lr_mult") or CYCLE_LR_RATIO) * values["lr"]
-        if values.get("cycle_epochs_mult") is not None or values["cycle_epochs"] is None:
-            ratio = values.get("cycle_epochs_mult") or CYCLE_EPOCHS_RATIO
-            values["cycle_epochs"] = max(1, int(ratio * values["epochs"]))
+    if "cycle_lr" not in values:
+        return
+    derived = {"cycle_lr": lambda ratio: ratio * values["lr"],
+               "cycle_epochs": lambda ratio: max(1, int(ratio * values["epochs"]))}
+    for key, ratio, of in (("cycle_lr", CYCLE_LR_RATIO, "lr"), ("cycle_epochs", CYCLE_EPOCHS_RATIO, "epochs")):
+        mult = values.get(f"{key}_mult")
+        value = derived[key](mult if mult is not None else ratio)
+        # both given (e.g. a run's config.yaml records both): they must agree, else one would be dropped silently
+        check(values[key] is None or mult is None or math.isclose(values[key], value, rel_tol=1e-9),
+              f"--{key} {values[key]} and --{key}_mult {mult} disagree ({mult} x --{of} {values[of]} gives {value}): "
+              f"give one of the two")
+        if values[key] is None:
+            values[key] = value
 
 
 def parse(parser, method, argv=None):
