@@ -33,6 +33,7 @@ DDOF = 1  # sample standard deviation over runs
 # (metrics.json key, header, decimals) of the columns every table shows (lib.evaluation.registry: its COLUMN keys);
 # its OPTIONAL ones (the soups) are shown when a run has them, the OOD AUROC of --ood_column on request
 COLUMNS = R.columns(R.COLUMN)
+UNITS = {"%": "in %", "nats": "in nats", "fraction": "as a fraction", "s": "in seconds"}  # the registry's units, said
 # repetitions (seed, pre-trained checkpoint) and keys that change no result: never a setting, never a row of their own
 NOT_SETTINGS = NON_RESULT_KEYS | {"seed", "pretrained", "method"}
 
@@ -456,7 +457,7 @@ def markdown_table(summary, selection=None, ood=(), dropped=(), repeats=(), ood_
                      "included (sum over members), over those of the StarSSE runs with the same phase-I settings, "
                      "cycle epochs and M; the thesis' x0.74 / x0.60 / x0.55 (table 4.1: (25 + 48 / 1.66) / 73 = 0.74).")
     lines.append(f"mean ± std over runs (std with ddof={DDOF}; a single run shows its value). "
-                 + ", ".join(f"{h} in {R.lookup(k).unit}" for k, h, _p in shown if R.lookup(k).unit)
+                 + ", ".join(f"{h} {UNITS[R.lookup(k).unit]}" for k, h, _p in shown if R.lookup(k).unit)
                  + f". {R.DIVERSITY.label} = 100 * mean over member pairs of disagreement / max(err1, err2), "
                    f"{R.DIVERSITY_RANGE}. Every key: docs/metrics.md.")
     keys = [k for k, _n, _p in shown]

@@ -229,6 +229,8 @@ def write_metrics(run, result, members, sets=(), log=print):
     for g in on_disk:
         if g not in valid:  # computed from other members, or orphaned (a kill between its files and metrics.json)
             shutil.rmtree(run.eval_set(*g.split("/", 1)))
+            if not os.listdir(os.path.dirname(run.eval_set(*g.split("/", 1)))):
+                os.rmdir(os.path.dirname(run.eval_set(*g.split("/", 1))))
     merged = {**kept, **result, R.MEMBER_SHA256.key: list(members)}
     save_json(path, merged)
     if dropped:
