@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import run_script
 from scipy.special import softmax
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from lib.evaluation import metrics
 from lib.evaluation import uncertainty as u
@@ -47,6 +47,21 @@ def test_fpr95_by_hand_count():
     # a perfect separation: no in-distribution sample above the lowest OOD score
     assert u.ood_metrics(np.array([0.0, 0.1]), np.array([1.0, 2.0]))["fpr95"] == 0.0
     assert u.ood_metrics(np.array([]), ood) == {"auroc": None, "aupr": None, "fpr95": None, "fpr95_id": None}
+
+
+def test_fpr95_with_in_distribution_positive_by_hand_and_scikit_learn():
+    # OpenOOD's convention: the test samples are positive; the threshold accepts (score <= t) 95 % of them
+    ind = np.arange(1, 21, dtype=float)  # 20 test scores 1..20: accepting 19 of them needs t = 19
+    ood = np.array([0.5, 10, 18.5, 19, 19.5, 25, 30, 40, 50, 60])  # accepted at t = 19: 0.5, 10, 18.5, 19 -> 4 of 10
+    m = u.ood_metrics(ind, ood)
+    # OOD positive instead: flagging 95 % of 10 OOD samples needs all 10, t = 0.5, which flags every test sample
+    assert m["fpr95_id"] == 0.4 and m["fpr95"] == 1.0
+    rng = np.random.default_rng(2)
+    for n_in, n_out, levels in [(200, 150, 10), (40, 400, 1000), (20, 7, 3)]:
+        a = rng.integers(0, levels, n_in).astype(float)
+        b = rng.integers(levels // 3, levels + 3, n_out).astype(float)
+        fpr, tpr, _t = roc_curve(np.r_[np.ones(n_in), np.zeros(n_out)], -np.r_[a, b], drop_intermediate=False)
+        assert u.ood_metrics(a, b)["fpr95_id"] == pytest.approx(fpr[np.argmax(tpr >= 0.95 - 1e-12)], abs=1e-12)
 
 
 def test_scores_by_hand_and_mutual_information():
