@@ -109,7 +109,7 @@ def evaluate_run(run, cfg, accelerator, ood=(), shift=(), members=None, arrays=N
     result = results.core_metrics(run, n, arrays, log)
     if reliability is not None and accelerator.is_main_process:
         curves = {"ensemble": (probs, labels)}
-        t = result.get(R.get("cal/ts/temperature").key)
+        t = result.get(R.TS_TEMPERATURE.key)
         if t is not None:
             curves[f"after TS (T = {t:.2f})"] = (uncertainty.tempered_probs(logits, t), labels)
         uncertainty.plot_reliability(curves, reliability, title=f"{run.config.get('method')}: {n} members")

@@ -305,11 +305,13 @@ METHOD, SEED, DATASET, MEMBERS, MEMBER_SHA256, PARTIAL, PLANNED_MEMBERS = (
 MEMBER_ACCURACY, ENSEMBLE_ACCURACY, ENSEMBLE_ACCURACY_BY_SIZE, BRIER = (
     _BY_KEY[k] for k in ("member_accuracy", "ensemble_accuracy", "ensemble_accuracy_by_size", "brier"))
 AVG_MEMBER_ACCURACY, DIVERSITY, NLL, ECE = (_BY_KEY[k] for k in ("avg_member_accuracy", "diversity", "nll", "ece"))
+PAIRWISE_DIVERSITY, MEMBER_NLL = _BY_KEY["pairwise_diversity"], _BY_KEY["member_nll"]
+TS_TEMPERATURE = _BY_KEY["cal/ts/temperature"]
 VAL_ENSEMBLE_ACCURACY = _BY_KEY["val_ensemble_accuracy"]
 MEMBER_SECONDS, MEMBER_SECONDS_PER_EPOCH, MEMBER_TRAINABLE_FRACTION = (
     _BY_KEY[k] for k in ("member_seconds", "member_seconds_per_epoch", "member_trainable_fraction"))
-OOD_AUROC, OOD_SAMPLES, SHIFT_PARTS = (_BY_KEY[k] for k in ("ood/{set}/{score}/auroc", "ood/{set}/samples",
-                                                            "shift/{set}/n_parts"))
+OOD_AUROC, OOD_FPR95, OOD_FPR95_ID = (_BY_KEY[f"ood/{{set}}/{{score}}/{k}"] for k in ("auroc", "fpr95", "fpr95_id"))
+OOD_SAMPLES, SHIFT_PARTS = _BY_KEY["ood/{set}/samples"], _BY_KEY["shift/{set}/n_parts"]
 GREEDY_MEMBERS = _BY_KEY["soup/greedy/members"]
 
 

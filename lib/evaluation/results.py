@@ -297,16 +297,17 @@ def result_lines(result):
         if keys:
             lines.append(f"{'selective' if prefix == R.SELECTIVE else 'calibration'}: " + _cells(result, keys))
     groups = sorted({R.group(k) for k in result} - {"run"})
-    auroc, fpr, fpr_id = (R.get(f"ood/{{set}}/{{score}}/{k}") for k in ("auroc", "fpr95", "fpr95_id"))
-    for g in (g for g in groups if g.startswith("ood/")):
+    auroc, fpr, fpr_id = R.OOD_AUROC, R.OOD_FPR95, R.OOD_FPR95_ID
+    is_ood = lambda g: g.split("/")[0] == R.OOD.split("/")[0]
+    for g in (g for g in groups if is_ood(g)):
         name = g.split("/", 1)[1]
         cells = [f"{s} " + "/".join(m.format(result.get(m.of(set=name, score=s))) for m in (auroc, fpr, fpr_id))
                  for s in R.FIELDS["score"] if auroc.of(set=name, score=s) in result]
         lines.append(f"OOD {name} ({auroc.short}/{fpr.short}/{fpr_id.short}): " + " | ".join(cells)
                      + f"   [{fpr.short}: OOD samples positive; {fpr_id.short}: test samples positive]")
-    for g in (g for g in groups if not g.startswith("ood/")):
+    for g in (g for g in groups if not is_ood(g)):
         keys = by_order(_printed(result, lambda k: R.group(k) == g))
-        if g.startswith("shift/"):
+        if g.split("/")[0] == R.SHIFT.split("/")[0]:
             name = g.split("/", 1)[1]
             lines.append(f"shift {name} ({result.get(R.SHIFT_PARTS.of(set=name))} part(s)): "
                          + " | ".join(f"{R.lookup(k).short} {R.lookup(k).format(result[k])}" for k in keys))
