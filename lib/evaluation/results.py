@@ -222,22 +222,21 @@ def write_metrics(run, result, members, sets=(), log=print):
         else:
             dropped.add(g)
     on_disk = _saved_sets(run)
-    for s in sets:
+    for s in sets:  # the predictions first: a kill before metrics.json leaves them orphaned, removed next time
         save_set(run, s, members)
+    save_json(path, {**kept, **result, R.MEMBER_SHA256.key: list(members)})
     valid = {f"{s.kind}/{s.name}" for s in sets} | \
         {g for g in {R.group(k) for k in kept} if (on_disk.get(g) or {}).get("member_sha256") == list(members)}
-    for g in on_disk:
-        if g not in valid:  # computed from other members, or orphaned (a kill between its files and metrics.json)
-            shutil.rmtree(run.eval_set(*g.split("/", 1)))
-            if not os.listdir(os.path.dirname(run.eval_set(*g.split("/", 1)))):
-                os.rmdir(os.path.dirname(run.eval_set(*g.split("/", 1))))
-    merged = {**kept, **result, R.MEMBER_SHA256.key: list(members)}
-    save_json(path, merged)
+    for g in set(on_disk) - valid:  # computed from other members, or orphaned
+        folder = run.eval_set(*g.split("/", 1))
+        shutil.rmtree(folder)
+        if not os.listdir(os.path.dirname(folder)):
+            os.rmdir(os.path.dirname(folder))
     if dropped:
         log(f"note: {path}: dropped {', '.join(sorted(dropped))}, computed from other members than the run's "
             f"{len(members)} now; to compute them again: "
             + "; ".join(_recompute(run, g, on_disk.get(g)) for g in sorted(dropped)))
-    return merged
+    return load_json(path)
 
 
 # ----------------------------------------------------------------------------------------------------------------
