@@ -236,8 +236,10 @@ def test_evaluate_run_through_real_predictions(real_run):
     # the predictions to be saved with metrics.json: each set's logits per part, and the shifted set's labels
     saved = {(p.kind, p.name): p for p in predictions}
     assert sorted(saved) == [("ood", "itself"), ("ood", "noise"), ("shift", "same")]
-    assert np.allclose(saved["ood", "noise"].parts["all"][0], noise_logits) and saved["ood", "noise"].note == "test note"
-    assert list(saved["shift", "same"].parts) == ["a/1", "a/2"] and (saved["shift", "same"].parts["a/2"][1] == labels).all()
+    assert np.allclose(saved["ood", "noise"].parts["all"][0], noise_logits)
+    assert saved["ood", "noise"].note == "test note" and saved["ood", "noise"].spec is None  # sets given, not specs
+    assert list(saved["shift", "same"].parts) == ["a/1", "a/2"]
+    assert (saved["shift", "same"].parts["a/2"][1] == labels).all()
     assert "ood/noise/mutual_information/member_auroc" not in r
     # the test set as a "shifted" set gives the test metrics; the saved probabilities give sel/* and cal/*
     m = load_json(real_run / "metrics.json")

@@ -68,8 +68,8 @@ def member_models(run, arch, num_classes, n, device, fmt=torch.contiguous_format
 
 
 LoadedSet = namedtuple("LoadedSet", "name parts note spec", defaults=(None,))
-LoadedSet.__doc__ = """An evaluation set ready to predict: name, parts [(part name, dataset, labels or None)], note (what
-was done to its images, or None), spec (as given: 'noise', 'svhn:/data/svhn')."""
+LoadedSet.__doc__ = """An evaluation set ready to predict: name, parts [(part name, dataset, labels or None)], note
+(what was done to its images, or None), spec (as given: 'noise', 'svhn:/data/svhn')."""
 
 
 def load_sets(specs, cfg, labelled, task=None):

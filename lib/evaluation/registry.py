@@ -116,12 +116,14 @@ _RUN = [
     M("partial", "partial", None, None, "", None,
       "true when the run was evaluated before all its members were trained (scripts/evaluate.py --partial)"),
     M("planned_members", "planned M", None, None, "", None, "the run's --members, with partial"),
-    M("member_accuracy", "member acc.", HIGHER, 2, "%", None, "test accuracy of each member (a list)", val=True, printed=True),
+    M("member_accuracy", "member acc.", HIGHER, 2, "%", None, "test accuracy of each member (a list)", val=True,
+      printed=True),
     M("avg_member_accuracy", "avg. acc.", HIGHER, 2, "%", COLUMN, "the mean of the members' test accuracies",
       val=True, printed=True),
     M("diversity", "div.", None, 2, "%", COLUMN,
       "the mean over member pairs of pairwise_diversity (thesis section 3, Fort et al. 2020): "
-      "100 * mean(pred1 != pred2) / max(err1, err2); null for one member. Its range: " + DIVERSITY_RANGE, val=True, printed=True),
+      "100 * mean(pred1 != pred2) / max(err1, err2); null for one member. Its range: " + DIVERSITY_RANGE, val=True,
+      printed=True),
     M("ensemble_accuracy", "ens. acc.", HIGHER, 2, "%", COLUMN,
       "test accuracy of the ensemble: the argmax of the members' mean probability", val=True, printed=True),
     M("ensemble_accuracy_by_size", "ens. acc. by size", HIGHER, 2, "%", None,
@@ -135,7 +137,8 @@ _RUN = [
       "expected calibration error of the ensemble: 15 equal-width confidence bins, the size-weighted mean of "
       "|accuracy - mean confidence| (Guo et al. 2017)", val=True, printed=True),
     M("brier", "Brier", LOWER, 3, "", None,
-      "Brier score of the ensemble: the mean over samples of the squared distance to the one-hot label", val=True, printed=True),
+      "Brier score of the ensemble: the mean over samples of the squared distance to the one-hot label", val=True,
+      printed=True),
     M("member_nll", "member NLL", LOWER, 3, "nats", None, "each member's test NLL (a list)"),
     M("member_seconds", "member s", None, 1, "s", None,
       "each member's seconds: training (all resumed segments) and its evaluation; a cached phase-I member counts "
@@ -154,10 +157,12 @@ _RUN = [
       "size-weighted mean of |accuracy - mean confidence| (Nixon et al. 2019)", printed=True),
     M("cal/ts/temperature", "TS temperature", None, 3, "", None,
       "temperature scaling (Guo et al. 2017; runs with a validation split): the one temperature T, shared by all "
-      "members, minimising the validation NLL of mean_m softmax(z_m / T) (bounded search over log T in [0.05, 20])", printed=True),
+      "members, minimising the validation NLL of mean_m softmax(z_m / T) (bounded search over log T in [0.05, 20])",
+      printed=True),
     M("cal/ts/ece", "ECE after TS", LOWER, 4, "fraction", None, "test ECE of mean_m softmax(z_m / T)", printed=True),
     M("cal/ts/nll", "NLL after TS", LOWER, 4, "nats", None, "test NLL of mean_m softmax(z_m / T)", printed=True),
-    M("cal/ts/aece", "adaptive ECE after TS", LOWER, 4, "fraction", None, "test adaptive ECE of mean_m softmax(z_m / T)", printed=True),
+    M("cal/ts/aece", "adaptive ECE after TS", LOWER, 4, "fraction", None,
+      "test adaptive ECE of mean_m softmax(z_m / T)", printed=True),
     M("cal/ts/member_temperature", "member TS temperature", None, 3, "", None,
       "each member's own temperature, fitted on its validation logits (a list)"),
 ]

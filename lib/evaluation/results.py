@@ -258,8 +258,8 @@ def check_results(run_dir, met):
         run = open_run(run_dir, verify=False)
         n = run.completed_members()
         if n != len(recorded):
-            return "skip", (f"its metrics.json was computed from {len(recorded)} member(s), the run has {n} now (re-run "
-                            f"its training command, or scripts/evaluate.py)")
+            return "skip", (f"its metrics.json was computed from {len(recorded)} member(s), the run has {n} now "
+                            f"(re-run its training command, or scripts/evaluate.py)")
         changed = [i for i, d in enumerate(member_digests(run, n), start=1) if d != recorded[i - 1]]
     except UserError as e:
         return "skip", str(e)

@@ -12,8 +12,8 @@ is the one place that writes and reads runs (RunDir, open_run, find_runs, run_la
                                            and the sha256 of each of the member's files and of the record itself)
     <output_dir>/member_<i>.resume.pt      the member in training: weights, optimizer, next epoch/step (deleted when done)
     <output_dir>/labels.npy                test labels in the order of the probabilities
-    <output_dir>/metrics.json              every result of the run (lib.evaluation.registry; strict JSON: undefined values
-                                           are null), and the digests of the members it was computed from
+    <output_dir>/metrics.json              every result of the run (lib.evaluation.registry; strict JSON: undefined
+                                           values are null), and the digests of the members it was computed from
     <output_dir>/ood/<set>/, shift/<set>/  the members' logits on each evaluation set, its spec and digests
                                            (lib.evaluation.results)
     <output_dir>/.lock                     held by the run writing the directory (lib.infra.locks)
