@@ -14,6 +14,7 @@ calibration: recomputed from the saved predictions on every write), `soup/<mode>
 (computed by scripts/soup.py or for each evaluation set). Every group in a metrics.json was computed from the members
 whose digests `member_sha256` lists (lib.evaluation.results).
 """
+import functools
 import re
 from dataclasses import dataclass
 
@@ -89,6 +90,7 @@ class Metric:
         return str(value)
 
 
+@functools.lru_cache(maxsize=None)
 def _regex(pattern):
     out, pos = "", 0
     for m in re.finditer(r"{(\w+)}", pattern):
@@ -101,8 +103,8 @@ def _regex(pattern):
 M = Metric
 DIVERSITY_RANGE = ("from 0 (every pair predicts the same labels) to at most 200: two members disagree only where at "
                    "least one is wrong, so the disagreement is at most err1 + err2 <= 2 max(err1, err2); 100 means the "
-                   "members disagree as often as the weaker one errs, and values above 100 (seen on small test sets) "
-                   "mean they err on largely different samples")
+                   "members disagree as often as the weaker one errs, and values above 100 mean they err on largely "
+                   "different samples")
 
 _RUN = [
     M("method", "method", None, None, "", None, "the run's method (config.json)"),
@@ -239,6 +241,7 @@ _PATTERNS = [m for m in METRICS if m.fields]
 _PATTERNS.sort(key=lambda m: (len(m.fields), "part" in m.fields, -len(m.key)))
 
 
+@functools.lru_cache(maxsize=None)
 def lookup(key):
     """The Metric of a concrete metrics.json key; KeyError for a key no entry describes."""
     if key in _BY_KEY:
