@@ -7,11 +7,13 @@ beyond the test set: out-of-distribution detection, distribution shift, selectiv
     accelerate launch scripts/evaluate.py RUN --ood_dataset svhn:/data/svhn --shift_dataset cifar-c:/data/CIFAR-100-C
     accelerate launch scripts/evaluate.py runs/starsse/digits-seed0 --from_weights   # re-predict every member
 
-Writes <run>/metrics.json (atomically; the ood/ and shift/ keys of sets evaluated earlier and the soup/ keys of
-scripts/soup.py are kept, everything computed now replaced) and prints the member accuracies, ensemble accuracy by
-size, diversity, NLL, ECE, Brier score, then AURC and accuracy at 80/90/95 % coverage, adaptive ECE, temperature
-scaling (runs with a validation split), and per OOD / shifted set the AUROC and FPR95 of each score, accuracy, NLL
-and ECE (metrics.json has every number).
+Writes <run>/metrics.json through the one writer (lib.evaluation.results.write_metrics: the run's own keys are
+recomputed; soups and OOD / shifted sets evaluated earlier are kept when they were computed from the same members,
+else dropped with a note), saves the members' logits on each evaluation set under <run>/ood/<set>/ and
+<run>/shift/<set>/, and prints the member accuracies, ensemble accuracy by size, diversity, NLL, ECE, Brier score,
+then AURC and accuracy at 80/90/95 % coverage, adaptive ECE, temperature scaling (runs with a validation split), and
+per OOD / shifted set the AUROC, FPR95 (OOD positive) and FPR95-ID (test samples positive) of each score, accuracy,
+NLL and ECE (metrics.json has every number; docs/metrics.md defines them).
 --from_weights rebuilds each member from member_<i>.safetensors, predicts the test (and validation) set again
 (gather_for_metrics: each sample once, whatever the number of processes) and replaces the saved predictions,
 unless they are not finite. An unfinished run is refused unless --partial (then metrics.json says "partial": true);
@@ -25,26 +27,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lib.infra.errors import check, cli_main, interrupt_quietly  # noqa: E402
 
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
-import numpy as np  # noqa: E402
 
 from lib.cli.parser import Parser  # noqa: E402
-from lib.data.tasks import load_task, test_loader  # noqa: E402
-from lib.evaluation.evaluate import (  # noqa: E402
-    check_finite,
-    evaluate_run,
-    lock_for_writing,
-    member_models,
-    merge_metrics,
-    run_settings,
-    run_summary,  # noqa: E402
-    summary_lines,
-    writable,
-)
-from lib.evaluation.predict import memory_format, predict_many  # noqa: E402
+from lib.data.tasks import load_task  # noqa: E402
+from lib.evaluation.evaluate import evaluate_run, lock_for_writing, member_models, run_settings, writable  # noqa: E402
+from lib.evaluation.predict import memory_format, predict_set  # noqa: E402
+from lib.evaluation.results import check_finite, member_digests, result_lines, write_metrics  # noqa: E402
 from lib.infra.files import save_array  # noqa: E402
 from lib.runs.rundir import open_run  # noqa: E402
 from lib.settings.schema import LoopSettings  # noqa: E402
-from lib.training.experiment import format_result  # noqa: E402
 from lib.training.loop import make_accelerator  # noqa: E402
 
 
@@ -57,9 +48,7 @@ def repredict(run, cfg, acc, n):
     out = {}
     for prefix, dataset in (("", data.test), ("val_", getattr(data, "val", None))):
         if dataset is not None:
-            loader = test_loader(dataset, cfg.eval_batch_size, min(cfg.num_workers, 4))
-            out[prefix + "probs"], out[prefix + "logits"] = predict_many(acc, models, loader, memory_format=fmt,
-                                                                          logits=True)
+            out[prefix + "probs"], out[prefix + "logits"] = predict_set(acc, models, dataset, cfg)
             check_finite(out[prefix + "logits"], f"the {'validation' if prefix else 'test'} set")
     return out
 
@@ -91,48 +80,39 @@ def main():
                    help="evaluate an unfinished run's finished members (metrics.json then says partial: true)")
     a = p.parse_args()
 
-    run = open_run(a.run_dir)
+    run = open_run(a.run_dir)  # every member file checked against its record's digest: a damaged one is one line
     n, planned = run.completed_members(), run.config.get("members", 1)
     check(n >= planned or a.partial, f"{a.run_dir} is unfinished ({n} of {planned} members finished): re-run its "
                                      f"training command to finish it, or pass --partial to evaluate the finished "
                                      f"members")
-    for i in range(1, n + 1):
-        run.verify_member(i)  # every file against its record's digest: a damaged one gives one line, before anything
     cfg = run_settings(run, cpu=a.cpu or run.config.get("cpu", False))
     acc = make_accelerator(cfg.cpu, cfg.mixed_precision)
     lock = lock_for_writing(run) if acc.is_main_process else None  # a run still training there is refused
     try:
-        labels = np.load(run.file("labels.npy"))
-        arrays = repredict(run, cfg, acc, n) if a.from_weights else {"probs": run.load_probs(n)}
-        check_finite(arrays["probs"], "the test set")
-        result = run_summary(run, arrays["probs"], labels, run.config, val_probs=arrays.get("val_probs"))
+        arrays = repredict(run, cfg, acc, n) if a.from_weights else None
         reliability = a.reliability
         if reliability and not writable(os.path.dirname(os.path.abspath(reliability)) or "."):
             acc.print(f"note: {os.path.dirname(os.path.abspath(reliability))} is read-only: no reliability diagram")
             reliability = None
-        result.update(evaluate_run(run, cfg, acc, ood=a.ood_dataset, shift=a.shift_dataset, members=n,
-                                   reliability=reliability, probs=arrays["probs"], logits=arrays.get("logits"),
-                                   val_logits=arrays.get("val_logits")))
-        if n < planned:
-            result.update(partial=True, planned_members=planned)
+        sets = []  # the members' predictions on each evaluation set, saved with metrics.json
+        result = evaluate_run(run, cfg, acc, ood=a.ood_dataset, shift=a.shift_dataset, members=n, arrays=arrays,
+                              reliability=reliability, predictions=sets)
         if not acc.is_main_process:
             return
         where = f" (predicted again on {acc.num_processes} process{'es' if acc.num_processes > 1 else ''})" \
             if a.from_weights else ""
-        print(format_result(result) + where + (f" | PARTIAL: {n} of {planned} members" if n < planned else ""))
-        for line in summary_lines(result):
-            print(line)
+        lines = result_lines(result)
+        print("\n".join([lines[0] + where] + lines[1:]))
         if lock is None:
             print(f"note: {a.run_dir} is read-only: nothing was written (metrics.json and the predictions are "
                   f"unchanged)")
             return
         if a.from_weights:
             replace_predictions(run, arrays)
-        merge_metrics(run, result, drop=("partial", "planned_members", "sel/", "cal/"))  # always recomputed
+        write_metrics(run, result, member_digests(run, n), sets)
     finally:
         if lock is not None:
             lock.release()
-
 
 if __name__ == "__main__":
     main()

@@ -8,8 +8,12 @@ uniform: the mean of all members' weights. greedy: the members sorted by validat
 soup while the soup's validation accuracy does not drop. BatchNorm statistics of a soup are re-estimated on
 --bn_recalibrate training batches (BN models: one epoch, at most 100 batches, by default; the layers identical in
 every member, e.g. frozen stages, keep theirs).
-Prints the soups' test accuracy, NLL and ECE beside the ensemble's and the best member's, and merges soup/<mode>/*
-into <run>/metrics.json. Global DE soups are expected to fail: its members come from different checkpoints.
+Prints the soups' test accuracy, NLL and ECE beside the ensemble's and the best member's, and writes soup/<mode>/*
+into <run>/metrics.json (lib.evaluation.results.write_metrics: with the digests of the members souped, so that a soup
+of other members than the run's is dropped at the next write). `--mode uniform greedy` on a run without a validation
+split makes the uniform soup and says why the greedy one was skipped. Members of different architectures or heads
+are refused in one line naming the first tensor that differs. Global DE soups are expected to fail: its members come
+from different checkpoints.
 """
 import argparse
 import os
@@ -25,11 +29,11 @@ from scipy.special import softmax  # noqa: E402
 
 from lib.cli.parser import Parser  # noqa: E402
 from lib.data.tasks import load_task, train_loader  # noqa: E402
-from lib.evaluation import (
-    metrics,  # noqa: E402
-    soups,  # noqa: E402
-)
-from lib.evaluation.evaluate import lock_for_writing, merge_metrics, predict_logits, run_settings  # noqa: E402
+from lib.evaluation import metrics, soups  # noqa: E402
+from lib.evaluation import registry as R  # noqa: E402
+from lib.evaluation.evaluate import lock_for_writing, run_settings  # noqa: E402
+from lib.evaluation.predict import predict_set  # noqa: E402
+from lib.evaluation.results import core_metrics, member_digests, write_metrics  # noqa: E402
 from lib.infra.files import load_json  # noqa: E402
 from lib.infra.seeding import seed_for  # noqa: E402
 from lib.models.backbones import build_model, stage_map  # noqa: E402
@@ -41,8 +45,8 @@ BN_STREAM = 11      # seed stream of the recalibration batches: (seed, BN_STREAM
 
 
 def soup_keys(mode, p, labels):
-    return {f"soup/{mode}/acc": metrics.accuracy(p, labels), f"soup/{mode}/nll": metrics.nll(p, labels),
-            f"soup/{mode}/ece": metrics.ece(p, labels)}
+    return R.within(R.SOUP, {"acc": metrics.accuracy(p, labels), "nll": metrics.nll(p, labels),
+                             "ece": metrics.ece(p, labels)}, mode=mode)
 
 
 @cli_main
@@ -59,23 +63,30 @@ def main():
     a = p.parse_args()
     check(a.bn_recalibrate is None or a.bn_recalibrate >= 0, f"--bn_recalibrate must be >= 0, got {a.bn_recalibrate}")
 
-    # the run: finished members, checked against their digests, compatible with each other
+    # the run: finished members, checked against their digests, compatible with each other (before any array of
+    # theirs is stacked: another head is a shape that numpy cannot stack)
     run = open_run(a.run_dir, min_members=2)
     cfg = run_settings(run, cpu=a.cpu or run.config.get("cpu", False))
     n = run.completed_members()
     if n < cfg.members:
         print(f"note: {a.run_dir} is unfinished ({n} of {cfg.members} members): souping the finished ones")
-    check("greedy" not in a.mode or os.path.exists(run.file("val_labels.npy")),
-          f"--mode greedy needs a validation split and {a.run_dir} has none: train the run with --val_split F "
-          f"(or --val_split_name) to have one")
     states = [run.load_member_weights(i) for i in range(1, n + 1)]
-    probs, labels = run.load_probs(n), np.load(run.file("labels.npy"))
-    probe = build_model(cfg.arch, probs.shape[-1], cfg.image_size)  # its stage map: which stage each tensor is in
+    num_classes = np.load(run.probs(1), mmap_mode="r").shape[-1]
+    probe = build_model(cfg.arch, num_classes, cfg.image_size)  # its stage map: which stage each tensor is in
     soups.check_compatible(states, [load_json(run.record(i)) for i in range(1, n + 1)], stage_map(probe))
+    data = load_task(cfg)
+    # greedy needs the validation split; asked with uniform, the uniform soup is still made
+    modes = list(dict.fromkeys(a.mode))
+    no_val = None if os.path.exists(run.file("val_labels.npy")) and data.val is not None else \
+        f"{a.run_dir} has none: train the run with --val_split F (or --val_split_name) to have one"
+    if "greedy" in modes and no_val:
+        check(modes != ["greedy"], f"--mode greedy needs a validation split and {no_val}")
+        print(f"note: greedy soup skipped: it needs a validation split and {no_val}")
+        modes.remove("greedy")
+    probs, labels = run.load_probs(n), np.load(run.file("labels.npy"))
     lock = lock_for_writing(run)  # a run still training in the directory is refused; None: read-only
     try:
         acc = make_accelerator(cfg.cpu, cfg.mixed_precision)
-        data = load_task(cfg)
         bn_loader = lambda: train_loader(data.train, cfg.batch_size, 1, 0, seed_for(cfg.seed, BN_STREAM), 0,
                                          acc.device)
         bn_batches = a.bn_recalibrate if a.bn_recalibrate is not None else \
@@ -90,15 +101,15 @@ def main():
             if recalibrate and bn_batches:
                 torch.manual_seed(seed_for(cfg.seed, BN_STREAM))  # the same augmented batches for every soup
                 soups.recalibrate_bn(model, soups.take_batches(bn_loader(), bn_batches), acc.device, keep)
-            return softmax(predict_logits(acc, [model], dataset, cfg, local=True)[0].astype(np.float64), axis=-1)
+            logits = predict_set(acc, [model], dataset, cfg, local=True)[1][0]
+            return softmax(logits.astype(np.float64), axis=-1)
 
         result, rows = {}, []
-        if "uniform" in a.mode:
+        if "uniform" in modes:
             p_uniform = soup_probs(soups.uniform_soup(states), data.test)
             rows.append((f"uniform soup ({n} members)", p_uniform))
             result.update(soup_keys("uniform", p_uniform, labels))
-        if "greedy" in a.mode:
-            check(data.val is not None, "--mode greedy: the run's validation split could not be rebuilt")
+        if "greedy" in modes:
             y_val = np.load(run.file("val_labels.npy"))
             own = metrics.member_accuracy(run.load_probs(n, "val_probs"), y_val)  # saved with each member
             soup, kept, steps = soups.greedy_soup(states, lambda s: metrics.accuracy(soup_probs(s, data.val), y_val),
@@ -108,7 +119,7 @@ def main():
                 print(f"greedy: + member {member} -> validation acc {score:.2f} % ({'kept' if joined else 'left out'})")
             p_greedy = soup_probs(soup, data.test, recalibrate=len(kept) > 1)
             rows.append((f"greedy soup (members {' '.join(map(str, kept))})", p_greedy))
-            result.update(soup_keys("greedy", p_greedy, labels), **{"soup/greedy/members": kept})
+            result.update(soup_keys("greedy", p_greedy, labels), **{R.GREEDY_MEMBERS.key: kept})
 
         # the table: the soups beside the ensemble and the best member (by test accuracy), from saved probabilities
         best = int(np.argmax(metrics.member_accuracy(probs, labels)))
@@ -122,8 +133,8 @@ def main():
                   f"{f'; {len(keep)} layers identical in every member kept theirs' if keep else ''})")
         if lock is None:
             print(f"note: {a.run_dir} is read-only: metrics.json was not written")
-        else:
-            merge_metrics(run, result)
+        else:  # with the run's own keys, recomputed from its saved predictions
+            write_metrics(run, {**core_metrics(run, n, log=lambda _m: None), **result}, member_digests(run, n))
     finally:
         if lock is not None:
             lock.release()

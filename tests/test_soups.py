@@ -2,6 +2,7 @@
 greedy soup follows Wortsman et al.'s recipe on a constructed case, BatchNorm statistics are re-estimated as computed by
 hand, incompatible members are refused naming the first mismatched tensor, and the script on a real frozen run."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -164,3 +165,30 @@ def test_soup_script_on_a_frozen_starsse_run(frozen_run, script_here, tmp_path):
     r = script_here("soup.py", frozen_run, "--mode", "greedy")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "needs a validation split" in r.stderr
     assert open(frozen_run / "metrics.json").read() == before
+    # asked with the uniform soup, greedy is skipped with a note and the uniform soup is still made
+    r = script_here("soup.py", frozen_run, "--mode", "uniform", "greedy", "--bn_recalibrate", "0", "--cpu")
+    assert r.returncode == 0, r.stderr
+    assert "note: greedy soup skipped: it needs a validation split" in r.stdout
+    assert "| uniform soup (3 members) |" in r.stdout
+    m3 = load_json(frozen_run / "metrics.json")
+    assert m3["soup/uniform/acc"] == pytest.approx(acc)  # the mean of the weights, as computed above
+    assert m3["soup/greedy/members"] == kept  # the greedy soup of the same members, made earlier, stays
+
+
+def test_soup_of_members_with_another_head_is_one_line(frozen_run, script_here, tmp_path):
+    from lib.infra.files import save_array, save_weights
+    from lib.runs.rundir import RunDir
+    run = tmp_path / "run"
+    shutil.copytree(frozen_run, run)
+    # member 2 replaced by a network with a 5-class head, its files and record consistent (digests renewed)
+    save_weights(str(run / "member_2.safetensors"), _state(2, num_classes=5))
+    n = len(np.load(run / "labels.npy"))
+    for kind in ("probs", "logits"):
+        save_array(str(run / f"member_2_{kind}.npy"), np.full((n, 5), 0.2, np.float32))
+    for kind in ("val_probs", "val_logits"):
+        os.remove(run / f"member_2_{kind}.npy")
+    rd = RunDir(str(run), load_json(run / "config.json"), is_main=False)
+    rd.seal_member(2, {k: v for k, v in load_json(run / "member_2.json").items() if k != "sha256"})
+    r = script_here("soup.py", run, "--cpu")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "members 1 and 2 differ in tensor fc.bias: shape (10,) vs (5,)" in r.stderr  # the first in file order

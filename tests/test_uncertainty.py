@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import run_script
 from scipy.special import softmax
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from lib.evaluation import metrics
 from lib.evaluation import uncertainty as u
@@ -34,7 +34,8 @@ def test_auroc_and_aupr_equal_scikit_learn_with_ties():
         assert m["auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
         assert m["aupr"] == pytest.approx(average_precision_score(y, s), abs=1e-12)
     same = rng.normal(size=100)
-    assert u.ood_metrics(same, same) == pytest.approx({"auroc": 0.5, "aupr": 0.5, "fpr95": 0.95})  # no separation
+    assert u.ood_metrics(same, same) == pytest.approx({"auroc": 0.5, "aupr": 0.5, "fpr95": 0.95,  # no separation
+                                                       "fpr95_id": 0.95})
 
 
 def test_fpr95_by_hand_count():
@@ -45,7 +46,22 @@ def test_fpr95_by_hand_count():
     assert u.ood_metrics(np.array([0.9, 1.0, 5.0, 7.0]), np.r_[np.full(9, 8.0), 1.0])["fpr95"] == 0.75
     # a perfect separation: no in-distribution sample above the lowest OOD score
     assert u.ood_metrics(np.array([0.0, 0.1]), np.array([1.0, 2.0]))["fpr95"] == 0.0
-    assert u.ood_metrics(np.array([]), ood) == {"auroc": None, "aupr": None, "fpr95": None}
+    assert u.ood_metrics(np.array([]), ood) == {"auroc": None, "aupr": None, "fpr95": None, "fpr95_id": None}
+
+
+def test_fpr95_with_in_distribution_positive_by_hand_and_scikit_learn():
+    # OpenOOD's convention: the test samples are positive; the threshold accepts (score <= t) 95 % of them
+    ind = np.arange(1, 21, dtype=float)  # 20 test scores 1..20: accepting 19 of them needs t = 19
+    ood = np.array([0.5, 10, 18.5, 19, 19.5, 25, 30, 40, 50, 60])  # accepted at t = 19: 0.5, 10, 18.5, 19 -> 4 of 10
+    m = u.ood_metrics(ind, ood)
+    # OOD positive instead: flagging 95 % of 10 OOD samples needs all 10, t = 0.5, which flags every test sample
+    assert m["fpr95_id"] == 0.4 and m["fpr95"] == 1.0
+    rng = np.random.default_rng(2)
+    for n_in, n_out, levels in [(200, 150, 10), (40, 400, 1000), (20, 7, 3)]:
+        a = rng.integers(0, levels, n_in).astype(float)
+        b = rng.integers(levels // 3, levels + 3, n_out).astype(float)
+        fpr, tpr, _t = roc_curve(np.r_[np.ones(n_in), np.zeros(n_out)], -np.r_[a, b], drop_intermediate=False)
+        assert u.ood_metrics(a, b)["fpr95_id"] == pytest.approx(fpr[np.argmax(tpr >= 0.95 - 1e-12)], abs=1e-12)
 
 
 def test_scores_by_hand_and_mutual_information():
@@ -189,7 +205,8 @@ def _one_error_line(r, pattern):
 
 def test_evaluate_run_through_real_predictions(real_run):
     from lib.data.tasks import TensorImages, digits_normalize, load_task
-    from lib.evaluation.evaluate import evaluate_run, member_models, predict_logits, run_settings
+    from lib.evaluation.evaluate import evaluate_run, member_models, run_settings
+    from lib.evaluation.predict import predict_set
     from lib.runs.rundir import open_run
     from lib.training.loop import make_accelerator
     run = open_run(str(real_run))
@@ -199,22 +216,30 @@ def test_evaluate_run_through_real_predictions(real_run):
     saved_logits = np.stack([np.load(real_run / f"member_{i}_logits.npy") for i in (1, 2)])
     # the members rebuilt from their weights predict the saved test logits again
     models = member_models(run, cfg.arch, 10, 2, acc.device)
-    assert np.allclose(predict_logits(acc, models, data.test, cfg, local=True), saved_logits, atol=1e-4)
+    predict_logits = lambda ds: predict_set(acc, models, ds, cfg, local=True)[1]
+    assert np.allclose(predict_logits(data.test), saved_logits, atol=1e-4)
     noise = TensorImages(torch.rand(64, 3, 16, 16, generator=torch.Generator().manual_seed(0)), np.zeros(64),
                          digits_normalize())
     sets = {"ood": [("itself", [("all", data.test, None)], None), ("noise", [("all", noise, None)], "test note")],
             "shift": [("same", [("a/1", data.test, labels), ("a/2", data.test, labels)], None)]}
-    notes = []
-    r = evaluate_run(run, cfg, acc, sets=sets, log=notes.append)
+    notes, predictions = [], []
+    r = evaluate_run(run, cfg, acc, sets=sets, log=notes.append, predictions=predictions)
     # the test set against itself: the two score distributions are the same, so AUROC is exactly one half
     for s in u.SCORES:
         assert r[f"ood/itself/{s}/auroc"] == pytest.approx(0.5, abs=1e-6)
     # against noise: the same numbers as the metrics computed here from the saved logits and the noise's logits
-    noise_logits = predict_logits(acc, models, noise, cfg, local=True)
+    noise_logits = predict_logits(noise)
     msp_in, msp_out = -softmax(saved_logits, -1).mean(0).max(-1), -softmax(noise_logits, -1).mean(0).max(-1)
     y = np.r_[np.zeros(len(msp_in)), np.ones(len(msp_out))]
     assert r["ood/noise/msp/auroc"] == pytest.approx(roc_auc_score(y, np.r_[msp_in, msp_out]), abs=1e-6)
     assert r["ood/noise/samples"] == 64 and len(r["ood/noise/energy/member_fpr95"]) == 2
+    # the predictions to be saved with metrics.json: each set's logits per part, and the shifted set's labels
+    saved = {(p.kind, p.name): p for p in predictions}
+    assert sorted(saved) == [("ood", "itself"), ("ood", "noise"), ("shift", "same")]
+    assert np.allclose(saved["ood", "noise"].parts["all"][0], noise_logits)
+    assert saved["ood", "noise"].note == "test note" and saved["ood", "noise"].spec is None  # sets given, not specs
+    assert list(saved["shift", "same"].parts) == ["a/1", "a/2"]
+    assert (saved["shift", "same"].parts["a/2"][1] == labels).all()
     assert "ood/noise/mutual_information/member_auroc" not in r
     # the test set as a "shifted" set gives the test metrics; the saved probabilities give sel/* and cal/*
     m = load_json(real_run / "metrics.json")
@@ -251,7 +276,7 @@ def test_evaluate_script_partial_readonly_and_damaged(real_run, tmp_path, script
     assert m["ood/noise/samples"] == 540 and m["ood/ood/samples"] == 6 and 0 <= m["ood/ood/energy/auroc"] <= 1
     assert 0 <= m["shift/flipped/acc"] <= 100 and len(m["shift/flipped/member_acc"]) == 2
     assert "note: OOD set ood: converted 6 images to RGB; resized 20x20 -> 16x16" in r.stdout
-    assert "AURC" in r.stdout and "OOD noise (AUROC/FPR95)" in r.stdout and "after TS" in r.stdout
+    assert "AURC" in r.stdout and "OOD noise (AUROC/FPR95/FPR95-ID)" in r.stdout and "after TS" in r.stdout
     assert (tmp_path / "rel.png").stat().st_size > 0
     json.loads(open(run / "metrics.json").read(), parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
     # bad eval sets: one line each, metrics.json untouched

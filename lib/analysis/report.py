@@ -20,7 +20,8 @@ import matplotlib
 import matplotlib.ticker
 import numpy as np
 
-from lib.evaluation.uncertainty import SCORES
+from lib.evaluation import registry as R
+from lib.evaluation.results import check_results
 from lib.infra.errors import UserError, check
 from lib.infra.figures import pyplot
 from lib.infra.files import file_sha256, load_json, write_csv
@@ -29,11 +30,10 @@ from lib.settings import methods
 from lib.settings.schema import LEGACY, NON_RESULT_KEYS, PHASE1_KEYS
 
 DDOF = 1  # sample standard deviation over runs
-# (metrics.json key, header, decimals): always shown
-COLUMNS = [("avg_member_accuracy", "avg. acc.", 2), ("diversity", "div.", 2), ("ensemble_accuracy", "ens. acc.", 2),
-           ("nll", "NLL", 3), ("ece", "ECE", 3)]
-# shown when any run has the key (issue 16: weight averaging of the members)
-OPTIONAL_COLUMNS = [("soup/uniform/acc", "uniform soup", 2)]
+# (metrics.json key, header, decimals) of the columns every table shows (lib.evaluation.registry: its COLUMN keys);
+# its OPTIONAL ones (the soups) are shown when a run has them, the OOD AUROC of --ood_column on request
+COLUMNS = R.columns(R.COLUMN)
+UNITS = {"%": "in %", "nats": "in nats", "fraction": "as a fraction", "s": "in seconds"}  # the registry's units, said
 # repetitions (seed, pre-trained checkpoint) and keys that change no result: never a setting, never a row of their own
 NOT_SETTINGS = NON_RESULT_KEYS | {"seed", "pretrained", "method"}
 
@@ -99,10 +99,12 @@ def is_optimal_starsse(cfg):
 # ----------------------------------------------------------------------------------------------------------------
 # runs -> rows
 
-Collection = namedtuple("Collection", "runs dropped repeats keys")
+Collection = namedtuple("Collection", "runs dropped repeats keys skipped unverified", defaults=((), ()))
 Collection.__doc__ = """runs: [(row label, run dir, config, metrics)] counted in the table; dropped: [(run dir, the run
 dir it duplicates)]; repeats: [(run dir, run dir)] with the same settings and seed but different member weights
-(training that is not bit-reproducible, e.g. on GPUs): both counted; keys: {run dir: the config keys of its row}."""
+(training that is not bit-reproducible, e.g. on GPUs): both counted; keys: {run dir: the config keys of its row};
+skipped: [(run dir, why)] left out: partial, a damaged member, numbers computed from other members
+(lib.evaluation.results.check_results); unverified: [run dir] counted whose metrics.json predates member digests."""
 
 
 def setting_keys(configs):
@@ -159,7 +161,7 @@ def drop_duplicates(runs):
     same = {}
     for _l, d, cfg, met in runs:
         settings = {k: _value(cfg, k) for k in set(cfg) | set(LEGACY) if k not in NON_RESULT_KEYS}
-        same.setdefault((json.dumps(settings, sort_keys=True), met.get("members")), []).append(d)
+        same.setdefault((json.dumps(settings, sort_keys=True), met.get(R.MEMBERS.key)), []).append(d)
     drop, dropped, repeats = set(), [], []
     for (_key, members), dirs in same.items():
         if len(dirs) < 2 or not members:
@@ -184,27 +186,36 @@ def split_sizes(runs):
     each run's label gets ' members=M'."""
     sizes = {}
     for lab, _d, _cfg, met in runs:
-        sizes.setdefault(lab, set()).add(met.get("members"))
-    return [(f"{lab} members={met.get('members')}" if len(sizes[lab]) > 1 else lab, d, cfg, met)
+        sizes.setdefault(lab, set()).add(met.get(R.MEMBERS.key))
+    return [(f"{lab} members={met.get(R.MEMBERS.key)}" if len(sizes[lab]) > 1 else lab, d, cfg, met)
             for lab, d, cfg, met in runs]
 
 
 def collect(paths, group_by=None, dedup=True):
-    """Every finished run under `paths` (lib.runs.rundir.find_runs) as a Collection: labelled by group_keys, each size
-    its own row, duplicates dropped."""
-    configs, mets = {}, {}
+    """Every finished run under `paths` (lib.runs.rundir.find_runs) as a Collection: each checked (its metrics.json
+    computed from its members as they are now, every member file against its digest; partial runs and runs that fail
+    are left out and named), labelled by group_keys, each size its own row, duplicates dropped."""
+    configs, mets, skipped, unverified = {}, {}, [], []
     for d in find_runs(paths):
         check(os.path.isfile(os.path.join(d, "metrics.json")), f"{d} is not finished (no metrics.json)")
         try:
-            configs[d], mets[d] = load_json(os.path.join(d, "config.json")), load_json(os.path.join(d, "metrics.json"))
+            config, met = load_json(os.path.join(d, "config.json")), load_json(os.path.join(d, "metrics.json"))
         except ValueError as e:
             raise UserError(f"{d}: config.json or metrics.json is unreadable ({e})")
+        status, why = check_results(d, met)
+        if status == "skip":
+            skipped.append((d, why))
+            continue
+        if status == "unverified":
+            unverified.append(d)
+        configs[d], mets[d] = config, met
+    check(configs, "no run to show: " + "; ".join(f"{d}: {why}" for d, why in skipped[:3]))
     keys = group_keys(configs, group_by)
     runs = [(label(configs[d], keys[d]), d, configs[d], mets[d]) for d in configs]
     dropped, repeats = [], []
     if dedup:
         runs, dropped, repeats = drop_duplicates(runs)
-    return Collection(split_sizes(runs), dropped, repeats, {r[1]: keys[r[1]] for r in runs})
+    return Collection(split_sizes(runs), dropped, repeats, {r[1]: keys[r[1]] for r in runs}, skipped, unverified)
 
 
 def load_runs(paths, group_by=None):
@@ -229,20 +240,20 @@ def mean_std(values):
 
 def _cycle_epoch_seconds(met):
     """Mean seconds per epoch of members 2..M (the cycles of SSE/StarSSE; other DE members), or of member 1."""
-    per_epoch = [v for v in met.get("member_seconds_per_epoch") or [] if v is not None]
+    per_epoch = [v for v in met.get(R.MEMBER_SECONDS_PER_EPOCH.key) or [] if v is not None]
     return float(np.mean(per_epoch[1:] if len(per_epoch) > 1 else per_epoch)) if per_epoch else float("nan")
 
 
 def _ensemble_seconds(met):
     """Seconds of the whole ensemble, phase I included: the sum over members (a cached phase-I member counts with
     the seconds it took when it was trained)."""
-    s = met.get("member_seconds") or []
+    s = met.get(R.MEMBER_SECONDS.key) or []
     return float(sum(s)) if s and all(v is not None for v in s) else float("nan")
 
 
 def _cycle_trainable(met):
     """Mean trainable fraction of members 2..M (None for a 1-member run)."""
-    fractions = [v for v in (met.get("member_trainable_fraction") or [])[1:] if v is not None]
+    fractions = [v for v in (met.get(R.MEMBER_TRAINABLE_FRACTION.key) or [])[1:] if v is not None]
     return float(np.mean(fractions)) if fractions else None
 
 
@@ -254,7 +265,7 @@ def _is_time_base(cfg):
 
 def _time_key(cfg, met, with_members):
     key = tuple(json.dumps(_value(cfg, k), sort_keys=True) for k in TIME_KEYS)
-    return key + ((met.get("members"),) if with_members else ())
+    return key + ((met.get(R.MEMBERS.key),) if with_members else ())
 
 
 def thesis_time(cfgs):
@@ -273,6 +284,7 @@ def summarize_groups(runs, extra_keys=()):
     groups = {}
     for r in runs:
         groups.setdefault(r[0], []).append(r)
+    optional = R.columns(R.OPTIONAL, {k for _l, _d, _c, m in runs for k in m})  # the soups some run has
     base = {}  # time key -> [seconds of the StarSSE runs with it]
     for _l, _d, cfg, met in runs:
         if _is_time_base(cfg):
@@ -283,13 +295,13 @@ def summarize_groups(runs, extra_keys=()):
     for lab in sorted(groups, key=lambda lab: (methods.order(groups[lab][0][2].get("method")), lab)):
         items = groups[lab]
         mets = [m for _l, _d, _c, m in items]
-        keys = [k for k, _n, _p in COLUMNS + OPTIONAL_COLUMNS] + list(extra_keys)
+        keys = [k for k, _n, _p in COLUMNS + optional] + list(extra_keys)
         row = {key: mean_std([m.get(key) for m in mets]) for key in keys}
         row["runs"] = len(mets)
         row["run_dirs"] = [d for _l, d, _c, _m in items]
         row["methods"] = sorted({str(c.get("method")) for _l, _d, c, _m in items})
-        row["members"] = sorted({m.get("members") for m in mets if m.get("members") is not None})
-        for curve, key in [("by_size", "ensemble_accuracy_by_size"), ("member_acc", "member_accuracy")]:
+        row["members"] = sorted({m.get(R.MEMBERS.key) for m in mets if m.get(R.MEMBERS.key) is not None})
+        for curve, key in [("by_size", R.ENSEMBLE_ACCURACY_BY_SIZE.key), ("member_acc", R.MEMBER_ACCURACY.key)]:
             n = min(len(m.get(key) or []) for m in mets)  # the curve over the sizes / members every run has
             row[curve] = np.mean([_floats((m.get(key) or [])[:n]) for m in mets], axis=0).tolist()
         row["epoch_seconds"] = mean_std([_cycle_epoch_seconds(m) for m in mets])
@@ -323,14 +335,15 @@ def results_table(col, select_by="none", ood=()):
         ood_key(spec)
     summary = summarize_groups(col.runs, [ood_key(s) for s in ood])
     selection = select_settings(summary, col.runs, select_by)
-    return summary, markdown_table(summary, selection, ood, col.dropped, col.repeats, available_ood(col.runs))
+    return summary, markdown_table(summary, selection, ood, col.dropped, col.repeats, available_ood(col.runs),
+                                   col.skipped, col.unverified)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # one setting per method (issue 13)
 
-SELECT_KEYS = {"val": ("val_ensemble_accuracy", "validation ensemble accuracy"),
-               "test": ("ensemble_accuracy", "test ensemble accuracy")}
+SELECT_KEYS = {"val": (R.VAL_ENSEMBLE_ACCURACY.key, "validation ensemble accuracy"),
+               "test": (R.ENSEMBLE_ACCURACY.key, "test ensemble accuracy")}
 
 
 def select_settings(summary, runs, by="none"):
@@ -380,15 +393,16 @@ def fmt(ms, digits=2):
 def ood_key(spec):
     """'noise/entropy' -> 'ood/noise/entropy/auroc' (the ensemble's AUROC of that score on that OOD set)."""
     name, _, score = str(spec).rpartition("/")
-    check(bool(name) and score in SCORES,
-          f"--ood_column must be SET/SCORE with SCORE one of {', '.join(SCORES)}, got {spec!r}")
-    return f"ood/{name}/{score}/auroc"
+    scores = R.FIELDS["score"]
+    check(bool(name) and score in scores,
+          f"--ood_column must be SET/SCORE with SCORE one of {', '.join(scores)}, got {spec!r}")
+    return R.OOD_AUROC.of(set=name, score=score)
 
 
 def available_ood(runs):
     """The SET/SCORE pairs that some run has an ensemble AUROC for."""
-    return sorted({k[len("ood/"):-len("/auroc")] for _l, _d, _c, m in runs for k, v in m.items()
-                   if k.startswith("ood/") and k.endswith("/auroc") and k.count("/") >= 3 and v is not None})
+    found = ((R.OOD_AUROC.match(k), v) for _l, _d, _c, m in runs for k, v in m.items())
+    return sorted({f"{f['set']}/{f['score']}" for f, v in found if f is not None and v is not None})
 
 
 def table_columns(summary, ood=()):
@@ -396,8 +410,9 @@ def table_columns(summary, ood=()):
     some row has."""
     rows = list(summary.values())
     has = lambda k: any(k in r and np.isfinite(r[k][0]) for r in rows)
-    return list(COLUMNS) + [c for c in OPTIONAL_COLUMNS if has(c[0])] + \
-        [(ood_key(s), f"AUROC {s}", 3) for s in ood if has(ood_key(s))]
+    optional = R.columns(R.OPTIONAL, {k for r in rows for k in r})
+    return list(COLUMNS) + [c for c in optional if has(c[0])] + \
+        [(ood_key(s), R.header(ood_key(s)), R.OOD_AUROC.decimals) for s in ood if has(ood_key(s))]
 
 
 def _ratio(value, thesis):
@@ -410,9 +425,11 @@ def _listed(pairs, sep):
     return "; ".join(f"{a} {sep} {b}" for a, b in pairs[:3]) + (" ..." if len(pairs) > 3 else "")
 
 
-def markdown_table(summary, selection=None, ood=(), dropped=(), repeats=(), ood_available=()):
+def markdown_table(summary, selection=None, ood=(), dropped=(), repeats=(), ood_available=(), skipped=(),
+                   unverified=()):
     """The results table and its notes. selection: select_settings' result (the chosen rows are marked, and listed
-    with what chose them); ood: SET/SCORE columns (--ood_column); dropped / repeats: from collect."""
+    with what chose them); ood: SET/SCORE columns (--ood_column); dropped / repeats / skipped / unverified: from
+    collect."""
     selection = selection or {}
     rows = list(summary.values())
     shown = table_columns(summary, ood)
@@ -439,15 +456,20 @@ def markdown_table(summary, selection=None, ood=(), dropped=(), repeats=(), ood_
                      "3.125 times, section 5). ensemble time vs StarSSE: seconds of the whole ensemble, phase I "
                      "included (sum over members), over those of the StarSSE runs with the same phase-I settings, "
                      "cycle epochs and M; the thesis' x0.74 / x0.60 / x0.55 (table 4.1: (25 + 48 / 1.66) / 73 = 0.74).")
-    lines.append(f"mean ± std over runs (std with ddof={DDOF}; a single run shows its value). Accuracy and diversity "
-                 f"in %, diversity = 100 * mean over member pairs of disagreement / max(err1, err2); NLL in nats; "
-                 f"ECE as a fraction (15 bins).")
+    lines.append(f"mean ± std over runs (std with ddof={DDOF}; a single run shows its value). "
+                 + ", ".join(f"{h} {UNITS[R.lookup(k).unit]}" for k, h, _p in shown if R.lookup(k).unit)
+                 + f". {R.DIVERSITY.label} = 100 * mean over member pairs of disagreement / max(err1, err2), "
+                   f"{R.DIVERSITY_RANGE}. Every key: docs/metrics.md.")
     keys = [k for k, _n, _p in shown]
-    if any(k.startswith("ood/") for k in keys):
-        lines.append("AUROC SET/SCORE: the ensemble's AUROC between the test set and the OOD set SET by the "
-                     "uncertainty score SCORE (metrics.json ood/SET/SCORE/auroc).")
-    if "soup/uniform/acc" in keys:
-        lines.append("uniform soup: test accuracy (%) of the model whose weights are the mean of the members'.")
+    for k in keys:  # the columns shown only when there is something to show, with what they are
+        if R.lookup(k).table in (R.OPTIONAL, R.ON_REQUEST):
+            lines.append(f"{R.header(k)}: {R.lookup(k).definition} (metrics.json {k}).")
+    if skipped:
+        lines.append(f"{len(skipped)} run(s) left out: " + "; ".join(f"{d} ({why})" for d, why in skipped) + ".")
+    if unverified:
+        more = " ..." if len(unverified) > 3 else ""
+        lines.append(f"{len(unverified)} run(s) counted but not verified: their metrics.json predates member digests "
+                     f"(scripts/evaluate.py RUN records them): {', '.join(unverified[:3])}{more}.")
     missing = [s for s in ood if ood_key(s) not in keys]
     if missing:
         lines.append(f"--ood_column {' '.join(missing)}: no run has it (available: "
@@ -485,8 +507,10 @@ def selection_table(summary, selection, shown):
     return "\n".join(lines)
 
 
-RUN_COLUMNS = ["group", "run_dir", "method", "seed", "members", "avg_member_accuracy", "diversity", "ensemble_accuracy",
-               "nll", "ece", "brier", "val_ensemble_accuracy", "member_accuracy", "ensemble_accuracy_by_size"]
+# runs.csv: the run, then these metrics.json keys (the two lists last, joined by spaces)
+RUN_METRICS = [R.MEMBERS, R.AVG_MEMBER_ACCURACY, R.DIVERSITY, R.ENSEMBLE_ACCURACY, R.NLL, R.ECE, R.BRIER,
+               R.VAL_ENSEMBLE_ACCURACY, R.MEMBER_ACCURACY, R.ENSEMBLE_ACCURACY_BY_SIZE]
+RUN_COLUMNS = ["group", "run_dir", "method", "seed"] + [m.key for m in RUN_METRICS]
 
 
 def _list(values):
@@ -496,9 +520,8 @@ def _list(values):
 def runs_csv(path, runs):
     """runs.csv: one row per run counted in the table (RUN_COLUMNS)."""
     write_csv(path, [{"group": lab, "run_dir": d, "method": cfg.get("method"), "seed": cfg.get("seed"),
-                      **{k: met.get(k) for k in RUN_COLUMNS[4:-2]},
-                      "member_accuracy": _list(met.get("member_accuracy")),
-                      "ensemble_accuracy_by_size": _list(met.get("ensemble_accuracy_by_size"))}
+                      **{m.key: _list(met.get(m.key)) if isinstance(met.get(m.key), list) else met.get(m.key)
+                         for m in RUN_METRICS}}
                      for lab, d, cfg, met in runs], RUN_COLUMNS)
 
 

@@ -236,7 +236,7 @@ def analyze(run_dirs, out, size=5, fix_first="auto", group_by=("method",), fract
     check(size >= 2, f"--size must be at least 2 (diversity needs a pair), got {size}")
     rows, groups, seconds = [], {}, 0.0
     for d in find_runs(run_dirs):
-        run = open_run(d)
+        run = open_run(d, verify=False)  # the probabilities it reads are checked against their digests (load_probs)
         m = run.completed_members()
         check(m >= size, f"{d} has {m} finished member(s); --size {size} needs at least {size}")
         fix = fix_first == "yes" or (fix_first == "auto" and getattr(methods.get(run.config.get("method")), "star", False))

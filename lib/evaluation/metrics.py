@@ -8,6 +8,8 @@ import itertools
 
 import numpy as np
 
+from lib.evaluation import registry as R
+
 EPS = 1e-12
 
 
@@ -98,19 +100,19 @@ def brier(probs, labels):
 
 
 def summarize(probs, labels):
-    """Every metric of a run, as plain Python numbers (for metrics.json)."""
+    """Every metric of a run, as plain Python numbers, under its metrics.json key (lib.evaluation.registry)."""
     probs = _as_members(probs)
     member_acc = member_accuracy(probs, labels)
     return {
-        "members": len(probs),
-        "member_accuracy": member_acc.tolist(),
-        "avg_member_accuracy": float(member_acc.mean()),
-        "ensemble_accuracy": ensemble_accuracy(probs, labels),
-        "ensemble_accuracy_by_size": ensemble_accuracy_by_size(probs, labels).tolist(),
-        "diversity": diversity(probs, labels),
-        "pairwise_diversity": pairwise_diversity(probs, labels).tolist(),
-        "nll": nll(probs, labels),
-        "ece": ece(probs, labels),
-        "brier": brier(probs, labels),
-        "member_nll": [nll(p, labels) for p in probs],
+        R.MEMBERS.key: len(probs),
+        R.MEMBER_ACCURACY.key: member_acc.tolist(),
+        R.AVG_MEMBER_ACCURACY.key: float(member_acc.mean()),
+        R.ENSEMBLE_ACCURACY.key: ensemble_accuracy(probs, labels),
+        R.ENSEMBLE_ACCURACY_BY_SIZE.key: ensemble_accuracy_by_size(probs, labels).tolist(),
+        R.DIVERSITY.key: diversity(probs, labels),
+        R.PAIRWISE_DIVERSITY.key: pairwise_diversity(probs, labels).tolist(),
+        R.NLL.key: nll(probs, labels),
+        R.ECE.key: ece(probs, labels),
+        R.BRIER.key: brier(probs, labels),
+        R.MEMBER_NLL.key: [nll(p, labels) for p in probs],
     }

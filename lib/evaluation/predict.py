@@ -1,7 +1,14 @@
 """Predictions of saved or trained models on a data set: every model in one pass over it, each sample exactly once,
-in dataset order, whatever the number of processes (accelerate's gather_for_metrics)."""
+in dataset order, whatever the number of processes (accelerate's gather_for_metrics).
+
+    probs, logits = predict_set(accelerator, models, dataset, cfg)   # a run's members on one set (evaluation, soups)
+    probs = predict_many(accelerator, models, loader)                 # the same on a loader already made (training)
+"""
 import numpy as np
 import torch
+
+from lib.data.tasks import test_loader
+from lib.settings.schema import LoopSettings
 
 
 def memory_format(loop, accelerator):
@@ -38,6 +45,16 @@ def predict_many(accelerator, models, loader, local=False, memory_format=torch.c
         m.train(mode)
     stack = lambda parts: np.stack([torch.cat(p).numpy().astype(np.float32) for p in parts])
     return (stack(probs), stack(raw)) if logits else stack(probs)
+
+
+def predict_set(accelerator, models, dataset, cfg, local=False):
+    """(probabilities, logits), each (models, samples, classes) float32, of `models` on `dataset` in one pass: the
+    evaluation loader (lib.data.tasks.test_loader: cfg.eval_batch_size, at most 4 workers) and cfg's memory format.
+    Every evaluation of saved members predicts through it: the test and validation sets again (evaluate.py
+    --from_weights), OOD and shifted sets, model soups."""
+    loader = test_loader(dataset, cfg.eval_batch_size, min(cfg.num_workers, 4))
+    return predict_many(accelerator, models, loader, local=local,
+                        memory_format=memory_format(LoopSettings.from_settings(cfg), accelerator), logits=True)
 
 
 def predict(accelerator, model, loader, local=False, memory_format=torch.contiguous_format, logits=False):

@@ -6,15 +6,19 @@ classes) counts as one member); `labels` is (samples,). The ensemble's predictio
 probabilities. Every returned metric is a plain Python number or None where it is undefined (an empty set, a
 single member's mutual information): never NaN, so metrics.json stays strict JSON.
 
-OOD scores are oriented "higher = more likely out-of-distribution" and OOD samples are the positive class of
-AUROC, AUPR and FPR95 (as torch-uncertainty):
+OOD scores are oriented "higher = more likely out-of-distribution". AUROC, AUPR and FPR95 treat OOD samples as the
+positive class; FPR95-ID (`fpr95_id`) treats the in-distribution (test) samples as positive, the convention of
+OpenOOD and of Hendrycks et al.'s tables. The scores:
     msp                 - max_c p(c)                        (Hendrycks & Gimpel 2017)
     entropy             H(p) = - sum_c p(c) log p(c)        (nats)
     mutual_information  H(mean_m p_m) - mean_m H(p_m)       ensemble only (Depeweg et al. 2018); 0 for equal members
     energy              - logsumexp_c z(c)                  (Liu et al. 2020, temperature 1)
     max_logit           - max_c z(c)                        (Hendrycks et al. 2022)
-For the ensemble, p is the mean of the members' probabilities and z the mean of the members' logits (energy and
-max logit of the mean logits, torch-uncertainty's definition); for a member, its own p and z.
+For the ensemble, p is the mean of the members' probabilities (so its entropy is the entropy of the mean: the total
+predictive uncertainty, not the mean of the members' entropies) and z the mean of the members' logits (energy and
+max logit of the mean logits); for a member, its own p and z. Other libraries define the ensemble's scores
+differently (torch-uncertainty's entropy criterion averages the members' entropies, and recent versions accept
+energy and max logit for single models only): compare numbers only under the same definition.
 """
 import math
 
@@ -85,14 +89,15 @@ def _counts_by_threshold(in_scores, out_scores):
 
 
 def ood_metrics(in_scores, out_scores):
-    """{"auroc", "aupr", "fpr95"} of separating OOD (positive) from in-distribution samples by `score`:
-    AUROC = P(score_ood > score_in) + P(tie) / 2 (the Mann-Whitney statistic, = the ROC area);
-    AUPR = average precision sum_k (R_k - R_k-1) P_k over thresholds (OOD positive, as scikit-learn's);
-    FPR95 = the smallest fraction of in-distribution samples flagged by a threshold that flags >= 95 % of the OOD
-    samples. None where either set is empty."""
+    """{"auroc", "aupr", "fpr95", "fpr95_id"} of separating OOD from in-distribution samples by `score`:
+    AUROC = P(score_ood > score_in) + P(tie) / 2 (the Mann-Whitney statistic, = the ROC area, whichever class is
+    positive); AUPR = average precision sum_k (R_k - R_k-1) P_k over thresholds, OOD positive (as scikit-learn's);
+    FPR95 (OOD positive) = the smallest fraction of in-distribution samples flagged by a threshold that flags >= 95 %
+    of the OOD samples; FPR95-ID (in-distribution positive, OpenOOD's) = the smallest fraction of OOD samples accepted
+    by a threshold that accepts >= 95 % of the in-distribution samples. None where either set is empty."""
     a, b = np.asarray(in_scores, dtype=np.float64).ravel(), np.asarray(out_scores, dtype=np.float64).ravel()
     if len(a) == 0 or len(b) == 0:
-        return {"auroc": None, "aupr": None, "fpr95": None}
+        return {"auroc": None, "aupr": None, "fpr95": None, "fpr95_id": None}
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("OOD scores must be finite")
     from scipy.stats import mannwhitneyu  # imported here: scipy.stats costs every training script 0.3 s at start
@@ -100,8 +105,15 @@ def ood_metrics(in_scores, out_scores):
     tp, fp = _counts_by_threshold(a, b)
     recall, precision = tp / len(b), tp / (tp + fp)
     aupr = float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
-    k = int(np.argmax(tp * 100 >= TPR_FOR_FPR * len(b)))  # first threshold reaching the TPR (exact integer test)
-    return {"auroc": float(auroc), "aupr": aupr, "fpr95": float(fp[k] / len(a))}
+    return {"auroc": float(auroc), "aupr": aupr, "fpr95": _fpr_at_tpr(tp, fp, len(b), len(a)),
+            "fpr95_id": _fpr_at_tpr(*_counts_by_threshold(-b, -a), len(a), len(b))}
+
+
+def _fpr_at_tpr(tp, fp, positives, negatives):
+    """The false-positive rate at the first threshold whose true-positive rate reaches TPR_FOR_FPR (exact integer
+    test), from _counts_by_threshold's cumulative counts."""
+    k = int(np.argmax(tp * 100 >= TPR_FOR_FPR * positives))
+    return float(fp[k] / negatives)
 
 
 def ood_report(in_out, out_out):
@@ -116,7 +128,7 @@ def ood_report(in_out, out_out):
             res[f"{score}/{k}"] = finite_or_none(v)
         if mem_in is not None:
             per_member = [ood_metrics(i, o) for i, o in zip(mem_in, mem_out)]
-            for k in ("auroc", "aupr", "fpr95"):
+            for k in per_member[0]:
                 res[f"{score}/member_{k}"] = [finite_or_none(m[k]) for m in per_member]
     return res
 

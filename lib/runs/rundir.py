@@ -12,7 +12,10 @@ is the one place that writes and reads runs (RunDir, open_run, find_runs, run_la
                                            and the sha256 of each of the member's files and of the record itself)
     <output_dir>/member_<i>.resume.pt      the member in training: weights, optimizer, next epoch/step (deleted when done)
     <output_dir>/labels.npy                test labels in the order of the probabilities
-    <output_dir>/metrics.json              lib.evaluation.metrics.summarize of all members (strict JSON: undefined values are null)
+    <output_dir>/metrics.json              every result of the run (lib.evaluation.registry; strict JSON: undefined
+                                           values are null), and the digests of the members it was computed from
+    <output_dir>/ood/<set>/, shift/<set>/  the members' logits on each evaluation set, its spec and digests
+                                           (lib.evaluation.results)
     <output_dir>/.lock                     held by the run writing the directory (lib.infra.locks)
 """
 import glob
@@ -27,6 +30,19 @@ from lib.infra.files import file_sha256, load_json, load_weights, save_array, sa
 from lib.settings import schema
 
 MEMBER_FILES = ("weights", "probs", "logits", "val_probs", "val_logits")  # a member's files besides its record
+
+
+_DIGESTS = {}  # (path, inode, size, mtime) -> sha256: every reader in one process hashes a file once
+
+
+def _digest(path):
+    """file_sha256, remembered for this process while the file keeps its inode, size and modification time (a file
+    rewritten or changed in place gets a new one): a report and the analyses after it hash each member file once."""
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = file_sha256(path)
+    return _DIGESTS[key]
 
 
 def record_digest(record):
@@ -121,6 +137,10 @@ class RunDir:
     def resume(self, i):
         return self.file(f"member_{i}.resume.pt")
 
+    def eval_set(self, kind, name):
+        """The folder of the saved predictions on evaluation set `name` (kind: 'ood' or 'shift')."""
+        return os.path.join(self.path, kind, name)
+
     def member_files(self, i):
         """{kind: path} of member i's files that exist, besides its record (MEMBER_FILES kinds)."""
         paths = {k: getattr(self, k)(i) for k in MEMBER_FILES}
@@ -152,9 +172,9 @@ class RunDir:
         record = {k: v for k, v in record.items() if k != "record_sha256"}
         save_json(self.record(i), dict(record, record_sha256=record_digest(record)))
 
-    def verify_member(self, i):
-        """Member i's record, after checking it and each file it lists against their sha256 digests. A damaged,
-        truncated or altered file gives one line naming it and how to recover."""
+    def verify_member(self, i, kinds=None):
+        """Member i's record, after checking it and each file it lists (or only those of `kinds`) against their
+        sha256 digests. A damaged, truncated or altered file gives one line naming it and how to recover."""
         recover = (f"delete member {i}'s files (member_{i}.* and member_{i}_*) in {self.path} and re-run the same "
                    f"command: the member is trained again, identically")
         try:
@@ -165,10 +185,12 @@ class RunDir:
             check(record_digest(record) == record["record_sha256"], f"{self.record(i)} is damaged (its content does "
                                                                     f"not match its digest); {recover}")
         for kind, digest in record.get("sha256", {}).items():
+            if kinds is not None and kind not in kinds:
+                continue
             path = getattr(self, kind)(i)
             check(os.path.exists(path), f"{path} is missing; {recover}")
-            check(file_sha256(path) == digest, f"{path} is damaged (its content does not match the digest in "
-                                               f"{os.path.basename(self.record(i))}); {recover}")
+            check(_digest(path) == digest, f"{path} is damaged (its content does not match the digest in "
+                                           f"{os.path.basename(self.record(i))}); {recover}")
         return record
 
     def discard_member(self, i):
@@ -177,17 +199,32 @@ class RunDir:
             if os.path.exists(path):
                 os.remove(path)
 
+    def member_digest(self, i):
+        """One sha256 naming member i as it is on disk (the results computed from it record it): its record's own
+        digest, which covers the digests of its files; for a record written before digests, a digest of the
+        record's and the member files' contents."""
+        record = self.verify_member(i)
+        if "record_sha256" in record and "sha256" in record:
+            return record["record_sha256"]
+        parts = [_digest(self.record(i))] + [f"{k}:{_digest(p)}" for k, p in sorted(self.member_files(i).items())]
+        return hashlib.sha256(" ".join(parts).encode()).hexdigest()
+
     def load_member_weights(self, i):
         self.verify_member(i)
         return load_weights(self.weights(i))
 
     def load_probs(self, members=None, kind="probs"):
+        """(members, samples, classes): the `kind` arrays (probs, logits, val_probs, val_logits) of members 1..n,
+        each checked against its record's digest first."""
         n = self.completed_members() if members is None else members
+        for i in range(1, n + 1):
+            self.verify_member(i, (kind,))
         return np.stack([np.load(getattr(self, kind)(i)) for i in range(1, n + 1)])
 
 
-def open_run(path, min_members=1):
-    """The RunDir at `path` (read only), checked to hold at least `min_members` finished members and the labels."""
+def open_run(path, min_members=1, verify=True):
+    """The RunDir at `path` (read only), checked to hold at least `min_members` finished members and the labels, and
+    (verify) every file of its finished members against their records' digests: a damaged one is one line."""
     check(os.path.isdir(path), f"run directory not found: {path}")
     cfg = os.path.join(path, "config.json")
     check(os.path.isfile(cfg), f"not a run directory (no config.json): {path}")
@@ -199,6 +236,9 @@ def open_run(path, min_members=1):
     n = run.completed_members()
     check(n >= min_members, f"{path} has {n} finished member(s); this needs at least {min_members}")
     check(os.path.isfile(run.file("labels.npy")), f"{path} has no labels.npy")
+    if verify:
+        for i in range(1, n + 1):
+            run.verify_member(i)
     return run
 
 

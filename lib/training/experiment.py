@@ -25,9 +25,10 @@ import torch
 from lib.core.freeze import freeze as freeze_stages
 from lib.core.schedules import cycle_schedule, member_schedule, phase1_schedule
 from lib.data.tasks import load_task, test_loader
-from lib.evaluation import metrics
-from lib.evaluation.evaluate import evaluate_run, load_sets, merge_metrics, run_summary, summary_lines
+from lib.evaluation import metrics, registry
+from lib.evaluation.evaluate import evaluate_run, load_sets
 from lib.evaluation.predict import predict
+from lib.evaluation.results import member_digests, result_lines, write_metrics
 from lib.infra import preemption
 from lib.infra.errors import Preempted, UserError, check
 from lib.infra.files import copy_file, intact, save_array
@@ -324,7 +325,8 @@ class Experiment:
     # ------------------------------------------------------------------------------------------------------------
 
     def finish(self):
-        """Compute metrics.json from the saved probabilities and print the results."""
+        """metrics.json from the saved predictions (and the OOD / shifted sets asked for), through the one writer
+        (lib.evaluation.results.write_metrics); print the results."""
         acc, cfg = self.accelerator, self.cfg
         self.sync(shared=True)  # member-parallel: every process has written its members
         n = self.run.completed_members()
@@ -332,19 +334,17 @@ class Experiment:
         if preemption.requested():  # a stop signal during the last member's saving: evaluate on the re-run
             raise Preempted(f"stopped before the evaluation ({preemption.requested()}); every member is saved: re-run "
                             f"the same command to evaluate")
-        result = run_summary(self.run, self.run.load_probs(n), self.data.test_labels, self.run.config)
         asked = bool(cfg.ood_dataset or cfg.shift_dataset)
-        # selective prediction and calibration (cheap, from the saved arrays); OOD and shift sets when asked
-        result.update(evaluate_run(self.run, cfg, acc, members=n, task=self.data,
-                                   sets=self.eval_sets if asked else None,
-                                   log=acc.print if asked else (lambda _m: None)))
-        if acc.is_main_process:  # keeps keys written by later evaluations (scripts/soup.py, evaluate.py)
-            merge_metrics(self.run, result, drop=("partial", "planned_members"))  # a finished run now
+        sets = []  # the members' predictions on the evaluation sets, saved with metrics.json
+        result = evaluate_run(self.run, cfg, acc, members=n, task=self.data, sets=self.eval_sets if asked else None,
+                              log=acc.print if asked else (lambda _m: None), predictions=sets)
+        if acc.is_main_process:  # keeps later results (soups, evaluate.py's sets) computed from the same members
+            write_metrics(self.run, result, member_digests(self.run, n), sets, log=acc.print)
         if cfg.with_tracking:
-            acc.log({f"test/ensemble_acc_size_{k + 1}": v for k, v in enumerate(result["ensemble_accuracy_by_size"])})
-        acc.print(format_result(result))
-        if asked:
-            acc.print("\n".join(summary_lines(result)))
+            acc.log({f"test/ensemble_acc_size_{k + 1}": v
+                     for k, v in enumerate(result[registry.ENSEMBLE_ACCURACY_BY_SIZE.key])})
+        lines = result_lines(result)
+        acc.print("\n".join(lines if asked else lines[:1]))
         acc.print(f"results: {os.path.abspath(self.run.file('metrics.json'))} (members and their predictions in "
                   f"{os.path.abspath(self.run.path)})")
         self.sync(shared=True)
@@ -352,12 +352,3 @@ class Experiment:
             self.lock.release()
         acc.end_training()  # closes the trackers and the process group
         return result
-
-
-def format_result(r):
-    members = " ".join(f"{a:.2f}" for a in r["member_accuracy"])
-    by_size = " ".join(f"{a:.2f}" for a in r["ensemble_accuracy_by_size"])
-    diversity = "-" if r["diversity"] is None or np.isnan(r["diversity"]) else f"{r['diversity']:.2f}"
-    return (f"[{r['method']}] {r['members']} members | member acc {members} (avg {r['avg_member_accuracy']:.2f}) | "
-            f"diversity {diversity} | ensemble acc by size {by_size} | "
-            f"NLL {r['nll']:.4f} ECE {r['ece']:.4f} Brier {r['brier']:.4f}")
