@@ -94,7 +94,8 @@ def test_the_optimizer_a_config_file_names_is_the_one_that_trains(tmp_path, tiny
     assert recorded["optimizer"] == "adamw" and recorded["weight_decay"] == 0.05
     again = yaml.safe_load((out / "config.yaml").read_text())
     assert settings(["--config", out / "config.yaml"], "Fine-tune").as_dict() == \
-        {**recorded, "config": str(out / "config.yaml")} and again["optimizer"] == "adamw"
+        {**{k: v for k, v in recorded.items() if k != "processes"}, "config": str(out / "config.yaml")} and \
+        again["optimizer"] == "adamw"
     assert os.path.exists(out / "metrics.json")
 
 
