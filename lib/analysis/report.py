@@ -78,10 +78,13 @@ def regime(cfg):
     """'optimal', 'more local' or 'semi-local' (thesis figure 4.5) of an SSE-family run's cycle setting, against
     OPTIMAL_CYCLE. Our rule, as the cycle grid is laid out: a lower cycle lr than the optimum is more local, a higher
     one semi-local (the restart lr decides how far a cycle moves from model 1); at the optimal lr, shorter cycles are
-    more local, longer ones semi-local. None for runs without cycles (DE, fine-tunes, 1 member)."""
+    more local, longer ones semi-local. None for runs without cycles (DE, fine-tunes, 1 member) and for other
+    families than ResNets: the optimum is ResNet-50's (Swin-T's is selected on validation by its own grid)."""
     r = cycle_ratios(cfg)
     method = methods.get(cfg.get("method"))
     if r is None or method is None or not method.cycles or (cfg.get("members") or 2) < 2:
+        return None
+    if not str(cfg.get("arch", "resnet50")).removeprefix("timm/").startswith("resnet"):  # resnet50, resnet_mini
         return None
     opt_epochs = int(OPTIMAL_CYCLE["epochs_ratio"] * cfg["epochs"])  # as the sweeps round: 0.5 x 25 -> 12
     if not math.isclose(r[0], OPTIMAL_CYCLE["lr_ratio"], rel_tol=1e-6):
