@@ -200,6 +200,26 @@ def test_select_by_validation_and_test(tmp_path, monkeypatch, capsys):
     assert "| StarSSE, M=15 | cycle_lr=0.1 members=15 | val 90.00 (the only setting) |" in table
 
 
+def test_selected_settings_feed_the_final_retrain(tmp_path, monkeypatch):
+    """--select_by writes each method's chosen setting as a --config file (the paper's protocol: select on validation,
+    then retrain that setting on the full training set); the training scripts' parser reads it back."""
+    import yaml
+    from conftest import settings
+    _selectable(tmp_path)
+    out = tmp_path / "out"
+    _main("report", monkeypatch, tmp_path, "--select_by", "val", "--out", out)
+    chosen = {p.name: yaml.safe_load(p.read_text()) for p in sorted((out / "selected").iterdir())}
+    assert chosen == {"local_de.yaml": {"method": "Local DE"}, "starsse.yaml": {"method": "StarSSE", "cycle_lr": 0.1}}
+    final = settings(["--config", out / "selected" / "starsse.yaml", "--cycle_epochs", "3"], "StarSSE", "starsse.py")
+    assert (final.cycle_lr, final.cycle_epochs, final.val_split) == (0.1, 3, None)  # the whole training set
+    with pytest.raises(UserError, match="holds a Local DE run; this script runs StarSSE"):
+        settings(["--config", out / "selected" / "local_de.yaml"], "StarSSE", "starsse.py")
+    _main("report", monkeypatch, tmp_path, "--select_by", "test", "--out", out)  # another selection replaces it
+    assert yaml.safe_load((out / "selected" / "starsse.yaml").read_text())["cycle_lr"] == 0.2
+    _main("report", monkeypatch, tmp_path, "--out", out)  # none: no file a final stage could read by mistake
+    assert list((out / "selected").iterdir()) == []
+
+
 def test_select_by_val_without_validation_stops(tmp_path, monkeypatch, capsys):
     _selectable(tmp_path, missing_val=True)
     out = tmp_path / "out"
