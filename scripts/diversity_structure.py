@@ -1,9 +1,13 @@
 """Diversity structure of ensembles (thesis table 6.2, figures 6.2 and 6.4): each run's pairwise diversity matrix,
 and diversity against the cosine similarity of the flattened weights for every pair of members, with their
-correlation over all pairs of all runs (thesis: -0.625) and the mean of the correlations within each run (0.02).
+correlation over all pairs of all runs and the mean of the correlations within each run (thesis: 0.02). The thesis'
+-0.625 is the correlation over every hyper-parameter setting (l. 263: the SSE and StarSSE cycle grid), so give the
+grid's runs; the output says how many settings the runs span and shows the thesis' number only beside a correlation
+over several. Runs of one architecture.
 
     python scripts/diversity_structure.py runs/demo/starsse runs/demo/sse --out runs/demo/diversity_structure
-    python scripts/diversity_structure.py runs/cifar100/grid runs/cifar100/starsse --out runs/cifar100/report_diversity
+    python scripts/diversity_structure.py runs/cifar100/grid/sse-lr* runs/cifar100/grid/starsse-lr* \
+        --out runs/cifar100/report_diversity_structure
 
 Writes <out>/diversity_pairs.csv (one row per pair of members; columns in the README), diversity_cosine.png
 (figure 6.2: every pair, one colour per run), diversity_cosine_runs.png (figure 6.4: one row per run for the first

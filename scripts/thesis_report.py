@@ -10,10 +10,13 @@
   2 representations  figures 4.2, 4.3, 4.5 for each of --methods (SSE, StarSSE): by member index for one setting,
                      by more local / optimal / semi-local setting for a grid; cached per member in <run>/analysis/
   3 diversity        table 6.2 and figure 6.4 (StarSSE runs of the thesis' optimal setting), figure 6.2 and the
-                     correlation over the 10 pairs of each 5-member run (other sizes apart)
-  4 subsets          figure 6.1, table 6.1: one run per method with more members than --subset_size (StarSSE keeps
-                     member 1; the thesis' optimal setting first)
-The other files are those of scripts/report.py, analyze_representations.py, diversity_structure.py and subsets.py.
+                     correlation over the 10 pairs of each 5-member run of every setting (other sizes apart)
+  4 subsets          figure 6.1, table 6.1: for each method, the runs of one setting with more members than
+                     --subset_size that differ only by their seed, pooled (the thesis: two 15-member StarSSE runs,
+                     2 x C(14, 4) = 2,002 subsets, member 1 in each; one Local DE, 3,003); the optimal setting first
+Sections 2-4 pool the runs of one architecture only (a Swin-T sweep under the same root gets its own subsections;
+ResNets alone have the thesis' "optimal" regime). The other files are those of scripts/report.py,
+analyze_representations.py, diversity_structure.py and subsets.py.
 """
 import argparse
 import os
@@ -29,7 +32,7 @@ from lib.analysis import (
     representations,  # noqa: E402
     subsets,  # noqa: E402
 )
-from lib.analysis.report import add_table_args, collect, plot_curves, regime, results_table, runs_csv  # noqa: E402
+from lib.analysis.report import add_table_args, collect, plot_curves, results_table, runs_csv  # noqa: E402
 from lib.cli.parser import Parser  # noqa: E402
 from lib.infra.files import atomic_write  # noqa: E402
 from lib.settings.methods import directory  # noqa: E402
@@ -52,14 +55,19 @@ def results(col, summary, table, out):
             f"![ensemble accuracy by size](ensemble_by_size.png)\n")
 
 
-def one_run_per_method(runs):
-    """{method: run dir} for figure 6.1 / table 6.1, which show one run per method as the thesis (3,003 subsets of a
-    15-member Local DE, not several runs pooled): the thesis' optimal cycle setting first, then run-directory order.
-    runs: {run dir: config}."""
+def by_arch(dirs, runs):
+    """{architecture: [run dirs]} of `dirs` (runs: {run dir: (config, keys)}), in order: analyses pool one each."""
     out = {}
-    for d, c in sorted(runs.items(), key=lambda item: (regime(item[1]) not in ("optimal", None), item[0])):
-        out.setdefault(c.get("method"), d)
+    for d in dirs:
+        out.setdefault(runs[d][0].get("arch"), []).append(d)
     return out
+
+
+def arch_part(arch, several, kind="title"):
+    """' (timm/swin_tiny_...)' in a title or '_timm_swin_tiny...' in a file prefix, when several archs are shown."""
+    if not several:
+        return ""
+    return f" ({arch})" if kind == "title" else "_" + "".join(ch if ch.isalnum() else "_" for ch in str(arch))
 
 
 def build_parser():
@@ -104,6 +112,7 @@ def main():
     section("results", "1. Results (tables 4.1, 5.x, 6.3, 6.4; figure 4.4)",
             lambda: results(col, summary, table, a.out))
     chosen = {m: {d: gb for d, (c, gb) in runs.items() if c.get("method") == m} for m in a.methods}
+    several = len({c.get("arch") for c, _gb in runs.values()}) > 1  # e.g. a Swin-T sweep under the same root
 
     def representation_section():
         text = []
@@ -111,14 +120,14 @@ def main():
             if not method_runs:
                 text.append(f"### {method}\n\nNo {method} run (sweeps/cifar100_core.sh, cifar100_cycle_grid.sh).\n")
                 continue
-            # the thesis' 5-member ensembles (else the most common size): a 15-member run is no setting of the grid
-            size = diversity.headline_size(runs[d][0].get("members") or 1 for d in method_runs)
-            same = [d for d in method_runs if (runs[d][0].get("members") or 1) == size]
-            left = f"({len(method_runs) - len(same)} run(s) of another size left out.)\n" \
-                if len(same) < len(method_runs) else ""
-            text.append(f"### {method}\n\n" + representations.analyze(
-                same, a.out, a.n_points, None, runs[same[0]][1], "auto", a.data_dir, "cpu" if a.cpu else None,
-                prefix=f"representations_{directory(method)}") + left)
+            for arch, dirs in by_arch(method_runs, runs).items():
+                # the thesis' 5-member ensembles (else the most common size): a 15-member run is no setting of the grid
+                size = diversity.headline_size(runs[d][0].get("members") or 1 for d in dirs)
+                same = [d for d in dirs if (runs[d][0].get("members") or 1) == size]
+                left = f"({len(dirs) - len(same)} run(s) of another size left out.)\n" if len(same) < len(dirs) else ""
+                text.append(f"### {method}{arch_part(arch, several)}\n\n" + representations.analyze(
+                    same, a.out, a.n_points, None, runs[same[0]][1], "auto", a.data_dir, "cpu" if a.cpu else None,
+                    prefix=f"representations_{directory(method)}{arch_part(arch, several, 'file')}") + left)
         return "\n".join(text)
     section("representations", "2. Internal representations (figures 4.2, 4.3, 4.5)", representation_section)
 
@@ -126,8 +135,13 @@ def main():
         pool = [d for m in chosen.values() for d in m if runs[d][0].get("members", 1) >= 2]
         if not pool:
             return f"No {' or '.join(a.methods)} run with 2 members or more.\n"
-        keys = sorted({k for d in pool for k in runs[d][1][1:]})
-        return diversity.analyze(pool, a.out, ("method", *keys), a.matrices, a.rows)
+        text = []
+        for arch, dirs in by_arch(pool, runs).items():  # every setting of the methods: the thesis' correlation
+            keys = sorted({k for d in dirs for k in runs[d][1][1:]})
+            text.append((f"### {arch}\n\n" if several else "") + diversity.analyze(
+                dirs, a.out, ("method", *keys), a.matrices, a.rows,
+                prefix=f"diversity{arch_part(arch, several, 'file')}"))
+        return "\n".join(text)
     section("diversity", "3. Diversity structure (table 6.2, figures 6.2, 6.4)", diversity_section)
 
     def subset_section():
@@ -135,11 +149,13 @@ def main():
         if not big:
             return (f"No run with more than {a.subset_size} members: sweeps/cifar100_analysis.sh trains the "
                     f"15-member StarSSE and Local DE runs.\n")
-        one = one_run_per_method(big)
-        left = len(big) - len(one)
-        note = f"One run per method, as the thesis; {left} other large run(s) left out (scripts/subsets.py " \
-               f"takes any).\n\n" if left else ""
-        return note + subsets.analyze(sorted(one.values()), a.out, a.subset_size)
+        pools = subsets.thesis_pools(big)
+        dirs = sorted(d for pool in pools.values() for d in pool)
+        left = len(big) - len(dirs)
+        note = f"For each method, the runs of one setting that differ only by their seed, pooled as the thesis; " \
+               f"{left} other large run(s) left out (scripts/subsets.py takes any).\n\n" if left else ""
+        return note + subsets.analyze(dirs, a.out, a.subset_size, group_by=("method", "arch") if several else
+                                      ("method",))
     section("subsets", "4. Ensemble subsets (figure 6.1, table 6.1)", subset_section)
 
     index = "\n".join(parts)

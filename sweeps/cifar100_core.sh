@@ -20,5 +20,7 @@ done
 global_de "$PHASE1" "$OUT/global_de" "$(ckpt 1)" "$(ckpt 2)" "$(ckpt 3)" "$(ckpt 4)" "$(ckpt 5)"
 
 stage report "the table"
-run $PY scripts/report.py "$OUT" $SELECT --out "$OUT/report_core" --title "BYOL ResNet-50 -> CIFAR-100, ensembles of 5"
+# the core runs' folders only: other sweeps write under $OUT too (the Swin-T runs must not meet these in a selection)
+run $PY scripts/report.py "$OUT/sse" "$OUT/starsse" "$OUT/local_de" ${GLOBAL_DE_DIR:+"$GLOBAL_DE_DIR"} $SELECT \
+    --out "$OUT/report_core" --title "BYOL ResNet-50 -> CIFAR-100, ensembles of 5"
 finish

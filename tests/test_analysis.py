@@ -266,21 +266,28 @@ def test_analysis_sweep_commands_parse(tmp_path):
     commands = [shlex.split(line) for line in r.stdout.splitlines() if not line.startswith("#")]
     commands = [c[c.index(next(a for a in c if a.startswith("scripts/"))):] for c in commands]  # after the launcher
     training = [c for c in commands if c[0] in ("scripts/starsse.py", "scripts/finetune.py") and "--members" in c]
-    assert sorted(c[0] for c in training) == ["scripts/finetune.py", "scripts/starsse.py"]  # one run per method
+    # the thesis (l. 231): StarSSE trained twice (seeds only differ, pooled: 2,002 subsets), Local DE once
+    assert sorted(c[0] for c in training) == ["scripts/finetune.py", "scripts/starsse.py", "scripts/starsse.py"]
+    seeds = {}
     for cmd in training:
         args = parse(cmd[1:], cmd[0])
         assert args.members == 15 and args.dataset == "cifar100" and args.epochs == 25 and args.lr == 0.05
-        assert args.pretrained == [str(tmp_path / "byol-1000ep-1.pt")] and args.seed == 0 and args.val_split == 0.1
-    starsse = parse(training[0][1:] if training[0][0].endswith("starsse.py") else training[1][1:], "scripts/starsse.py")
-    assert (starsse.cycle_lr, starsse.cycle_epochs) == (0.1, 12)  # the thesis' optimal setting
+        assert args.pretrained == [str(tmp_path / "byol-1000ep-1.pt")] and args.val_split == 0.1
+        seeds.setdefault(cmd[0], []).append(args.seed)
+        if cmd[0].endswith("starsse.py"):
+            assert (args.cycle_lr, args.cycle_epochs) == (0.1, 12)  # the thesis' optimal setting
+    assert seeds == {"scripts/starsse.py": [0, 1], "scripts/finetune.py": [0]}
     analyses = [c for c in commands if c not in training and not c[0].endswith("finetune.py")]
     assert {c[0] for c in analyses} == {"scripts/subsets.py", "scripts/analyze_representations.py",
                                         "scripts/diversity_structure.py", "scripts/thesis_report.py"}
     for cmd in analyses:
         args = _script(os.path.basename(cmd[0])[:-3]).build_parser().parse_args(cmd[1:])
         assert getattr(args, "size", 5) == 5 and getattr(args, "data_dir", str(tmp_path)) == str(tmp_path)
-    # the diversity structure of the optimal StarSSE runs (cycle lr 0.1, 12 epochs: the core runs)
-    assert [c[1:-2] for c in analyses if c[0].endswith("diversity_structure.py")] == [[str(tmp_path / "o" / "starsse")]]
+    # the diversity structure over every SSE and StarSSE setting of the cycle grid (the thesis' -0.625: l. 263), the
+    # folder patterns expanded when the task runs
+    grid = str(tmp_path / "o" / "grid")
+    assert [c[1:-2] for c in analyses if c[0].endswith("diversity_structure.py")] == \
+        [[f"{grid}/sse-lr*", f"{grid}/starsse-lr*"]]
 
 
 @pytest.mark.parametrize("script,args,message", [

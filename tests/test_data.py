@@ -209,3 +209,61 @@ def test_auto_augment_and_random_erasing_come_from_timm():
     cifar_train, _ = torchvision_transforms(augment_spec("cifar", 32), None, 0.5)
     assert isinstance(cifar_train.transforms[0], T.RandomCrop) and RandomErasing in \
         [type(t) for c in cifar_train.transforms for t in getattr(c, "transforms", [c])]
+
+
+def test_test_resize_gives_the_reference_swin_test_transform(tmp_path):
+    """--test_resize: the reference code's Swin test transform, Resize(256) + CenterCrop(224), instead of the model's
+    crop_pct (timm's Swin-T: 0.9 -> Resize(248)); here at a small size (Resize 28 + CenterCrop 24), against the
+    torchvision composition the reference code wrote."""
+    from PIL import Image
+    config = {"input_size": (3, 24, 24), "interpolation": "bicubic", "crop_pct": 0.9, "mean": (0.5, 0.4, 0.3),
+              "std": (0.2, 0.25, 0.3)}
+    assert augment_spec("model", 224, data_config=dict(config, input_size=(3, 224, 224))).resize == 248  # timm's
+    assert augment_spec("model", 224, data_config=dict(config, input_size=(3, 224, 224)), test_resize=256).resize == 256
+    aug = augment_spec("model", 24, data_config=config, test_resize=28)
+    _, test = torchvision_transforms(aug)
+    img = Image.fromarray(np.random.RandomState(1).randint(0, 256, (30, 60, 3), dtype=np.uint8))
+    ref = T.Compose([T.Resize(28, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(24), T.ToTensor(),
+                     T.Normalize(config["mean"], config["std"])])
+    assert torch.allclose(test(img), ref(img), atol=1e-6)
+    assert augment_spec("reference", 64, test_resize=80).resize == 80 and augment_spec("reference", 64).resize == 73
+    # through the task: both pipelines resize the test images to 80 before the 64-pixel crop
+    write_tiny_cifar100(str(tmp_path))
+    tv = load_cifar_task("cifar100", str(tmp_path), "reference", 64, test_resize=80)
+    dev = load_cifar_task("cifar100", str(tmp_path), "reference", 64, pipeline="device", test_resize=80)
+    assert tv.test.transform.transforms[0].size == 80 and dev.test.resize == 80 and tv.test[0][0].shape == (3, 64, 64)
+    with pytest.raises(UserError, match="--test_resize is for --augment reference or model"):
+        load_cifar_task("cifar100", str(tmp_path), "cifar", 32, test_resize=36)
+    with pytest.raises(UserError, match="must be at least --image_size"):
+        augment_spec("reference", 64, test_resize=60)
+
+
+@pytest.mark.parametrize("pipeline", ["torchvision", "device"])
+def test_drop_last_loader_and_iteration_count_agree(pipeline):
+    """--drop_last (the reference code's Swin loader): each process's last short batch is left out; the loader's
+    length, the batches it yields and iterations_per_epoch (what Experiment builds its schedule from) agree, with
+    and without it, in one and two processes."""
+    from lib.data.tasks import iterations_per_epoch, train_loader
+    u8 = torch.randint(0, 256, (23, 3, 8, 8), dtype=torch.uint8)
+    if pipeline == "device":
+        ds = DeviceImages(u8, list(range(23)), "reference", 8, (0.5,) * 3, (0.25,) * 3)
+    else:
+        ds = torch.utils.data.TensorDataset(u8.float(), torch.arange(23))
+    # by hand: (processes, global batch) -> (iterations without, with drop_last); a process's shard is 23 or 12
+    # samples in batches of batch / processes: 23 / 4 -> 6 or 5; 23 / 8 -> 3 or 2; 12 / 2 -> 6; 12 / 4 -> 3; 12 / 5
+    # -> 3 or 2
+    by_hand = {(1, 4): (6, 5), (1, 8): (3, 2), (2, 4): (6, 6), (2, 8): (3, 3), (2, 10): (3, 2)}
+    for (processes, batch), counts in by_hand.items():
+        for drop_last, expected in zip((False, True), counts):
+            n = iterations_per_epoch(23, batch, processes, drop_last)
+            assert n == expected, (processes, batch, drop_last)
+            loader = train_loader(ds, batch, processes, processes - 1, seed=0, drop_last=drop_last)
+            loader.sampler.set_epoch(0)
+            sizes = [len(y) for _x, y in loader]
+            assert len(loader) == len(sizes) == n
+            assert not drop_last or set(sizes) == {batch // processes}  # only full batches
+            assert drop_last or sum(sizes) == -(-23 // processes)  # every sample of the shard
+    ds.drop_last = True  # what load_task sets from --drop_last: the loader's default
+    assert len(train_loader(ds, 4, 1, 0, seed=0)) == 5
+    with pytest.raises(UserError, match="leaves no batch"):
+        train_loader(ds, 32, 1, 0, seed=0)

@@ -1,5 +1,5 @@
 """Methods as data (lib/settings/methods.py): looked up by the name a run records, never matched by spelling."""
-import conftest  # noqa: F401 (puts the repo on sys.path)
+import conftest  # noqa: F401  (puts the repo on sys.path)
 
 from lib.analysis import report as R
 from lib.settings import methods as M

@@ -7,9 +7,9 @@ from lib.analysis.report import load_runs, markdown_table, summarize_groups
 from lib.infra.files import save_json
 
 
-def _fake_run(root, name, method, avg, div, ens, by_size):
+def _fake_run(root, name, method, avg, div, ens, by_size, seed=0):
     d = os.path.join(root, name)
-    save_json(os.path.join(d, "config.json"), {"method": method, "seed": 0, "cycle_lr": 0.1})
+    save_json(os.path.join(d, "config.json"), {"method": method, "seed": seed, "cycle_lr": 0.1})
     save_json(os.path.join(d, "metrics.json"), {
         "members": len(by_size), "avg_member_accuracy": avg, "diversity": div, "ensemble_accuracy": ens,
         "nll": 0.5, "ece": 0.1, "ensemble_accuracy_by_size": by_size, "member_accuracy": by_size,
@@ -18,7 +18,7 @@ def _fake_run(root, name, method, avg, div, ens, by_size):
 
 def test_groups_mean_and_sample_std(tmp_path):
     _fake_run(tmp_path, "a", "StarSSE", 85.0, 60.0, 87.0, [85.0, 86.0])
-    _fake_run(tmp_path, "b", "StarSSE", 86.0, 70.0, 88.0, [86.0, 88.0])
+    _fake_run(tmp_path, "b", "StarSSE", 86.0, 70.0, 88.0, [86.0, 88.0], seed=1)  # another seed: another run
     _fake_run(tmp_path, "c", "Local DE", 80.0, 50.0, 82.0, [80.0, 82.0])
     summary = summarize_groups(load_runs([str(tmp_path)]))
     assert list(summary) == ["Local DE", "StarSSE"]  # thesis order

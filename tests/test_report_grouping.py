@@ -104,21 +104,26 @@ def test_a_run_found_twice_counts_once(tmp_path, monkeypatch):
     core = make_run(tmp_path, "core/starsse/ckpt1-seed0", weights=7, metrics={"ensemble_accuracy": 87.0})
     grid = make_run(tmp_path, "grid/starsse-lr2x-ep0.5x/ckpt1-seed0", weights=7, record_digest=True,
                     metrics={"ensemble_accuracy": 87.0})
-    # seed 1 twice, but trained again with other weights (GPU non-determinism): two runs
-    make_run(tmp_path, "core/starsse/ckpt1-seed1", {"seed": 1}, {"ensemble_accuracy": 88.0}, weights=8)
+    # seed 1 twice, trained again with other weights (GPU non-determinism): a pseudo-replicate, still one run
+    core1 = make_run(tmp_path, "core/starsse/ckpt1-seed1", {"seed": 1}, {"ensemble_accuracy": 88.0}, weights=8)
     repeat = make_run(tmp_path, "grid/starsse-lr2x-ep0.5x/ckpt1-seed1", {"seed": 1},
                       {"ensemble_accuracy": 89.0}, weights=9)
+    # seed 1 of another checkpoint: another run
+    make_run(tmp_path, "core/starsse/ckpt2-seed1", {"seed": 1, "pretrained": ["ckpt2.pt"]}, {"ensemble_accuracy": 86.0},
+             weights=10)
     col = R.collect([str(tmp_path)])
-    assert col.dropped == [(grid, core)]  # the grid run has the recorded digest, the core run's file is hashed
-    assert [d for d, _o in col.repeats] == [repeat]
+    # the grid run has the recorded digest, the core run's file is hashed; the run-directory order keeps the core runs
+    assert col.dropped == [(grid, core), (repeat, core1)]
+    assert [d for d, _o in col.repeats] == [repeat]  # the one with other weights
     summary, table = R.results_table(col)
-    assert summary["StarSSE"]["runs"] == 3 and summary["StarSSE"]["ensemble_accuracy"][0] == 88.0
-    assert "1 duplicate run(s) dropped" in table and grid in table
-    # the thesis report counts it once too, and says so
+    assert summary["StarSSE"]["runs"] == 3 and summary["StarSSE"]["ensemble_accuracy"][0] == 87.0  # 87, 88, 86
+    assert "2 duplicate run(s) dropped" in table and grid in table
+    assert "1 of them with other member weights" in table and repeat in table
+    # the thesis report counts them once too, and says so
     out = tmp_path / "tr"
     _main("thesis_report", monkeypatch, tmp_path, "--skip", "representations", "diversity", "subsets", "--out", out)
     index = (out / "index.md").read_text()
-    assert "(1 duplicate run(s) dropped)" in index and "| StarSSE | 3 | 5 |" in index
+    assert "(2 duplicate run(s) dropped)" in index and "| StarSSE | 3 | 5 |" in index
     assert len((out / "runs.csv").read_text().strip().splitlines()) == 1 + 3
 
 
@@ -193,6 +198,26 @@ def test_select_by_validation_and_test(tmp_path, monkeypatch, capsys):
     assert "| **StarSSE cycle_lr=0.1 members=5** (selected) |" in table
     assert "| StarSSE, M=5 | cycle_lr=0.1 members=5 | val 88.10 (the other setting: 87.20) |" in table
     assert "| StarSSE, M=15 | cycle_lr=0.1 members=15 | val 90.00 (the only setting) |" in table
+
+
+def test_selected_settings_feed_the_final_retrain(tmp_path, monkeypatch):
+    """--select_by writes each method's chosen setting as a --config file (the paper's protocol: select on validation,
+    then retrain that setting on the full training set); the training scripts' parser reads it back."""
+    import yaml
+    from conftest import settings
+    _selectable(tmp_path)
+    out = tmp_path / "out"
+    _main("report", monkeypatch, tmp_path, "--select_by", "val", "--out", out)
+    chosen = {p.name: yaml.safe_load(p.read_text()) for p in sorted((out / "selected").iterdir())}
+    assert chosen == {"local_de.yaml": {"method": "Local DE"}, "starsse.yaml": {"method": "StarSSE", "cycle_lr": 0.1}}
+    final = settings(["--config", out / "selected" / "starsse.yaml", "--cycle_epochs", "3"], "StarSSE", "starsse.py")
+    assert (final.cycle_lr, final.cycle_epochs, final.val_split) == (0.1, 3, None)  # the whole training set
+    with pytest.raises(UserError, match="holds a Local DE run; this script runs StarSSE"):
+        settings(["--config", out / "selected" / "local_de.yaml"], "StarSSE", "starsse.py")
+    _main("report", monkeypatch, tmp_path, "--select_by", "test", "--out", out)  # another selection replaces it
+    assert yaml.safe_load((out / "selected" / "starsse.yaml").read_text())["cycle_lr"] == 0.2
+    _main("report", monkeypatch, tmp_path, "--out", out)  # none: no file a final stage could read by mistake
+    assert list((out / "selected").iterdir()) == []
 
 
 def test_select_by_val_without_validation_stops(tmp_path, monkeypatch, capsys):

@@ -27,7 +27,7 @@ def test_iteration_granularity():
 
 def test_cycles_restart_at_cycle_lr_without_warmup():
     args = SimpleNamespace(lr=0.05, epochs=25, cycle_lr=0.1, cycle_epochs=12, members=5, lr_granularity="epoch",
-                           warmup_epochs=0.0, warmup_lr=0.0)
+                           warmup_epochs=0.0, warmup_lr=0.0, warmup_granularity="iteration")
     lrs = np.concatenate([member_schedule(args, i, iters_per_epoch=1) for i in range(1, 6)])  # the whole run
     assert len(lrs) == 25 + 4 * 12
     # the reference schedule for the thesis optimum: epoch 26 -> 0.1, 27 -> 0.0983, 37 -> 0.0017, 38 -> 0.1
@@ -55,3 +55,28 @@ def test_linear_warmup_then_cosine_over_the_rest():
     assert np.array_equal(stepped[:4], lrs[:4]) and stepped[5] == stepped[7] == stepped[4]
     with pytest.raises(UserError, match="--warmup_epochs"):
         cosine(0.1, 2, 3, warmup_epochs=2)
+
+
+def test_reference_swin_warmup_whole_epochs_then_cosine_over_92():
+    """The reference code's Swin phase I (linear_warmup_cosine, a LambdaLR stepped once per epoch): warm-up over
+    int(0.1 x 102) = 10 whole epochs from 5e-7, then the cosine over the other 92 epochs; by hand from its formula."""
+    lr, warm_lr, ipe = 1e-4, 5e-7, 3
+    lrs = cosine(lr, 102, ipe, granularity="epoch", warmup_epochs=10.2, warmup_lr=warm_lr, warmup_granularity="epoch")
+    assert len(lrs) == 102 * ipe
+    per_epoch = lrs.reshape(102, ipe)
+    assert np.all(per_epoch == per_epoch[:, :1])  # constant within every epoch, the warm-up's included
+    hand = []
+    for e in range(102):  # the reference's multiplier of lr at 0-based epoch e
+        if e < 10:
+            alpha = e / 10
+            hand.append(lr * ((1 - alpha) * warm_lr / lr + alpha))
+        else:
+            hand.append(lr * 0.5 * (1 + math.cos(math.pi * (e - 10) / 92)))
+    assert per_epoch[:, 0] == pytest.approx(hand, rel=1e-12, abs=1e-18)
+    assert per_epoch[0, 0] == warm_lr and per_epoch[9, 0] == pytest.approx(warm_lr + 0.9 * (lr - warm_lr))
+    assert per_epoch[10, 0] == lr  # the cosine starts at the full rate at epoch 11 (1-based)
+    # the project's warm-up (per iteration, over round(10.2 x 3) = 31 iterations) differs from it
+    ours = cosine(lr, 102, ipe, granularity="epoch", warmup_epochs=10.2, warmup_lr=warm_lr)
+    assert ours[1] > ours[0] and not np.allclose(ours, lrs)
+    with pytest.raises(UserError, match="--warmup_granularity"):
+        cosine(lr, 102, ipe, warmup_epochs=10, warmup_granularity="step")

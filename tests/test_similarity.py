@@ -146,3 +146,26 @@ def test_overlapped_rtd_step_equals_the_sequential_one(tmp_path):
     for k in w0:  # gradients summed in two backward passes instead of one: float32 rounding (~1e-5 of a gradient)
         assert torch.allclose(w0[k].float(), w1[k].float(), atol=1e-5), k
     assert not torch.equal(w0["conv1.weight"], current.state_dict()["conv1.weight"])
+
+
+def test_reference_pretrained_phase1_regularises_phase_1_in_a_cache_entry_of_its_own(tmp_path, tiny):
+    """--reference pretrained_phase1 (the thesis code's "pretrain" mode): the term towards the pre-trained checkpoint
+    acts in phase I too, so model 1 differs from the plain phase I and is cached under a key holding the term's
+    settings: never the plain entry, never another alpha's; the same settings find their entry again."""
+    flags = [*tiny, "--members", "2", "--similarity", "mse"]
+    runs = {"plain": ["--reference", "pretrained"], "a20": ["--reference", "pretrained_phase1", "--alpha", "20"],
+            "a10": ["--reference", "pretrained_phase1", "--alpha", "10"]}
+    results = run_scripts([("sse_rtd.py", *flags, *extra, "--output_dir", tmp_path / name)
+                           for name, extra in runs.items()])
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    again = run_script("sse_rtd.py", *flags, *runs["a20"], "--output_dir", tmp_path / "a20_again")
+    assert again.returncode == 0, again.stderr
+    record = {name: load_json(tmp_path / name / "member_1.json") for name in [*runs, "a20_again"]}
+    cached = {name: r["cached"] for name, r in record.items()}
+    assert len({cached["plain"], cached["a20"], cached["a10"]}) == 3 and cached["a20_again"] == cached["a20"]
+    assert "mse" not in record["plain"]["history"][0]  # plain phase I: no term ...
+    assert all(h["mse"] > 0 for h in record["a20"]["history"])  # ... the regularised one: the term every epoch
+    w1 = {name: load_weights(tmp_path / name / "member_1.safetensors") for name in record}
+    assert not torch.equal(w1["plain"]["fc.weight"], w1["a20"]["fc.weight"])
+    assert all(torch.equal(w1["a20"][k], w1["a20_again"][k]) for k in w1["a20"])
+    assert load_json(tmp_path / "a20" / "config.json")["reference"] == "pretrained_phase1"

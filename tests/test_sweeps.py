@@ -52,8 +52,9 @@ def phase1_key(args):
 @pytest.mark.parametrize("sweep", SWEEPS)
 def test_sweep_commands_parse(tmp_path, sweep):
     stages = listed(sweep, tmp_path)
-    assert [name for name, _ in stages] == ["phase1", "methods", "report"]
-    (_, phase1), (_, methods), (_, report) = stages
+    final = ["final_phase1", "final", "final_report"] if sweep == "cifar100_cycle_grid.sh" else []  # issue 26 (10)
+    assert [name for name, _ in stages] == ["phase1", "methods", "report"] + final
+    (_, phase1), (_, methods), (_, report) = stages[:3]
     # stage 1: one plain fine-tune per checkpoint x seed, each the phase I that the methods reuse
     shared = {}
     for cmd in phase1:
@@ -78,8 +79,13 @@ def test_sweep_commands_parse(tmp_path, sweep):
             assert (args.mixup, args.cutmix, args.augment, args.auto_augment, args.reprob, args.drop_path) == \
                 (0.8, 1.0, "model", "rand-m9-mstd0.5-inc1", 0.25, 0.1)
             assert (args.data_pipeline, args.image_size) == ("torchvision", 224)
+            # issue 26 (8): the reference's per-epoch warm-up of int(10.2) = 10 epochs, Resize 256 + CenterCrop 224,
+            # the last short batch dropped
+            assert (args.warmup_granularity, args.test_resize, args.drop_last) == ("epoch", 256, True)
             if script != "finetune.py":
-                assert (args.cycle_lr, args.cycle_epochs, args.members) == (2e-4, 51, 5)  # 2x lr, 0.5x epochs
+                assert args.members == 5
+                if "/grid/" not in args.output_dir:  # the reference code's shipped cycle: 1x lr, 1x epochs
+                    assert (args.cycle_lr, args.cycle_epochs) == (1e-4, 102)
         else:
             assert args.epochs == 25 and args.lr == 0.05 and args.weight_decay == 1e-4
         if len(args.pretrained) == 1 and "--standard" not in flags and script != "peft_freeze.py":
@@ -105,6 +111,32 @@ def test_sweep_commands_parse(tmp_path, sweep):
         grid = {(round(0.05 * a, 6), int(25 * b)) for a in (0.25, 0.5, 1, 2, 4) for b in (0.5, 1, 2, 4)}
         for kind in ("sse.py", "starsse.py", "standard"):  # issue 14b: Standard SSE at every grid point
             assert points[kind] == grid
+        # the final retrain (issue 26 (10)): each method's setting selected on validation (report.py writes it as
+        # <report>/selected/<method>.yaml), retrained on the full training set for every checkpoint x seed
+        (_, final_phase1), (_, final_runs), (_, final_report) = stages[3:]
+        selected = os.path.join(report[0][report[0].index("--out") + 1], "selected")
+        os.makedirs(selected)
+        chosen = {"sse": ("SSE", 0.2, 25), "starsse": ("StarSSE", 0.1, 12), "standard_sse": ("Standard SSE", 0.05, 6)}
+        for name, (method, lr, ep) in chosen.items():
+            with open(os.path.join(selected, f"{name}.yaml"), "w") as f:
+                f.write(f"method: {method}\ncycle_lr: {lr}\ncycle_epochs: {ep}\n")
+        full = {}
+        for cmd in final_phase1:
+            args = parse(script_of(cmd)[1], "finetune.py")
+            assert args.val_split is None and args.members is None
+            full[phase1_key(args)] = args.output_dir
+        assert len(full) == len(final_phase1) == 2 * 3 and not set(full) & set(shared)  # another phase I
+        done = set()
+        for cmd in final_runs:
+            script, flags = script_of(cmd)
+            args = parse(flags, script)
+            name = os.path.basename(os.path.dirname(args.output_dir))
+            assert args.config == os.path.join(selected, f"{name}.yaml") and args.val_split is None
+            assert (args.cycle_lr, args.cycle_epochs) == chosen[name][1:] and phase1_key(args) in full
+            assert ("--standard" in flags) == (name == "standard_sse") and args.members == 5
+            done.add((name, args.pretrained[0], args.seed))
+        assert len(done) == len(final_runs) == 3 * 2 * 3
+        assert [script_of(c)[0] for c in final_report] == ["report.py"] and "--select_by" not in final_report[0]
     elif sweep == "cifar100_similarity.sh":
         def grid(sim):
             found = {}
@@ -119,9 +151,13 @@ def test_sweep_commands_parse(tmp_path, sweep):
         assert set(rtd) == set(mse) == layer_sets  # issue 14c: each layer alone and all five together
         assert all(a == {0.0316, 0.1, 0.316, 1, 3.16, 10} for a in rtd.values())
         assert all(a == {0.1, 1, 10, 20, 40} for a in mse.values())
-        ref = {(c[c.index("--similarity") + 1], float(c[c.index("--alpha") + 1])) for c in methods
-               if "--reference" in c and c[c.index("--reference") + 1] == "pretrained"}
-        assert ref == {("rtd", 0.0316), ("mse", 20)}
+        for reference in ("pretrained", "pretrained_phase1"):  # issue 26 (7): cycles 2..M only, or from phase I on
+            ref = {(c[c.index("--similarity") + 1], float(c[c.index("--alpha") + 1])) for c in methods
+                   if "--reference" in c and c[c.index("--reference") + 1] == reference}
+            assert ref == {("rtd", 0.0316), ("mse", 20)}
+        star = [parse(script_of(c)[1], "sse_rtd.py") for c in methods if "--star" in c]
+        assert {(a.similarity, a.alpha, a.cycle_lr, a.cycle_epochs) for a in star} == \
+            {("rtd", 0.0316, 0.1, 12), ("mse", 10, 0.2, 12)}  # issue 26 (6): StarSSE-MSE at 4x the lr, as the thesis
     elif sweep == "cifar100_diversity.sh":
         ce = {(c[c.index("--mode") + 1], float(c[c.index("--alpha") + 1])) for c in methods if script_of(c)[0] == "starsse_ce.py"}
         assert ce == {(m, a) for m in ("all", "incorrect") for a in (0.00316, 0.01, 0.0316, 0.1, 0.316)}
@@ -137,7 +173,20 @@ def test_sweep_commands_parse(tmp_path, sweep):
     elif sweep == "cifar100_swin.sh":
         assert {script_of(c)[0] for c in methods} == {"finetune.py", "sse.py", "starsse.py"}
         global_de = [c for c in methods if c.count("--pretrained") == 1 and c[c.index("--pretrained") + 5].endswith("swin_5.pth")]
-        assert len(global_de) == 3 and len(methods) == 2 * 3 * 3 + 3
+        grid = [c for c in methods if "/grid/" in c[c.index("--output_dir") + 1]]
+        assert len(global_de) == 3 and len(methods) - len(grid) == 2 * 3 * 3 + 3
+        # issue 26 (4): the reference's Swin grid, ratios of 1e-4 and 102 epochs, on 2 checkpoints x 2 seeds; its
+        # 1x / 1x point is the rows above (trained once)
+        points = {}
+        for c in grid:
+            args = parse(script_of(c)[1], script_of(c)[0])
+            points.setdefault(script_of(c)[0], []).append((round(args.cycle_lr, 12), args.cycle_epochs,
+                                                           args.pretrained[0], args.seed))
+        expected = sorted((round(1e-4 * a, 12), int(102 * b), str(tmp_path / f"swin_{k}.pth"), s)
+                          for a in (0.25, 0.5, 1, 2, 4) for b in (0.5, 1, 2, 4) if (a, b) != (1, 1)
+                          for k in (1, 2) for s in (0, 1))
+        assert sorted(points["sse.py"]) == sorted(points["starsse.py"]) == expected and len(expected) == 19 * 4
+        assert len(phase1) == 2 * 3  # the grid's seeds are among the rows' seeds
     outputs = [c[c.index("--output_dir") + 1] for c in commands if "--output_dir" in c]
     assert len(outputs) == len(set(outputs))  # no two runs write one folder
 
@@ -150,6 +199,10 @@ def test_precision_and_validation_switches(tmp_path):
         args = parse(script_of(cmd)[1], script_of(cmd)[0])
         assert args.mixed_precision == "no" and args.val_split is None
     assert "--select_by" not in stages[-1][1][0]
+    # nothing selected on validation, nothing to retrain on the full set: the cycle grid has no final stages
+    assert [name for name, _ in listed("cifar100_cycle_grid.sh", tmp_path, VAL_SPLIT="none")] == \
+        ["phase1", "methods", "report"]
+    assert [name for name, _ in listed("cifar100_cycle_grid.sh", tmp_path, FINAL="0")] == ["phase1", "methods", "report"]
     r = subprocess.run(["bash", os.path.join(REPO, "sweeps", "cifar100_core.sh")], capture_output=True, text=True,
                        env=dict(os.environ, RUNNER="print", DATA=str(tmp_path), PRECISION="fp8"), timeout=60)
     assert r.returncode == 2 and "PRECISION must be" in r.stderr

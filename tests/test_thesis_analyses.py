@@ -17,6 +17,7 @@ from lib.analysis import representations as R
 from lib.analysis import subsets as S
 from lib.analysis.report import is_optimal_starsse, regime
 from lib.evaluation import metrics
+from lib.infra.errors import UserError
 from lib.infra.files import save_array, save_json, save_weights
 from lib.models.backbones import build_model
 
@@ -36,6 +37,9 @@ def test_regime_of_each_cycle_grid_setting():
     demo = {"method": "StarSSE", "epochs": 40, "lr": 0.01, "cycle_lr": 0.02, "cycle_epochs": 20, "members": 4}
     assert regime(demo) == "optimal" and is_optimal_starsse(demo)  # the embedded default: the same ratios
     assert regime(dict(demo, members=1)) is None and regime(dict(demo, method="Local DE")) is None  # no cycles
+    # the optimum is ResNet-50's: a Swin-T run at the same ratios (2e-4 for 51 of 102 epochs) has no thesis regime
+    swin = dict(demo, arch="timm/swin_tiny_patch4_window7_224", epochs=102, lr=1e-4, cycle_lr=2e-4, cycle_epochs=51)
+    assert regime(swin) is None and not is_optimal_starsse(swin) and regime(dict(swin, arch="resnet50")) == "optimal"
     assert not is_optimal_starsse(dict(demo, freeze="stage4")) and not is_optimal_starsse(dict(demo, method="SSE"))
 
 
@@ -58,11 +62,11 @@ def test_figure_4_5_split_lines_by_hand(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def _run(root, name, config, members, rng, spread):
+def _run(root, name, config, members, rng, spread, seed=0, arch="resnet_mini"):
     """A finished run of resnet_mini members (weights: one base plus noise of scale `spread`), 60 test samples of 3
-    classes with random probabilities."""
+    classes with random probabilities; `arch` is what its config records."""
     d = os.path.join(root, name)
-    cfg = dict(config, arch="resnet_mini", members=members, seed=0, output_dir=d)
+    cfg = dict(config, arch=arch, members=members, seed=seed, output_dir=d)
     save_json(os.path.join(d, "config.json"), cfg)
     labels = rng.integers(0, 3, 60)
     save_array(os.path.join(d, "labels.npy"), labels)
@@ -125,6 +129,12 @@ def test_diversity_structure_as_the_thesis_draws_it(thesis_runs, tmp_path):
     assert runs["star0"] in tables and runs["star1"] in tables
     assert runs["sse"] not in tables and runs["star7"] not in tables
     assert "Runs of 7 members, apart: 21 pairs of 1 run(s)" in text
+    # the thesis' -0.625 is over every hyper-parameter setting (l. 263): beside ours when the runs span several (here
+    # SSE at lr x0.25 and StarSSE at the optimum), not beside the correlation of one setting's runs
+    assert corr["settings"] == 2 and "the thesis, over every setting of the cycle grid: -0.625" in text
+    one = D.analyze([runs["star0"], runs["star1"]], str(tmp_path / "one"), log=lambda *_: None)
+    assert "of 1 setting(s)" in one and "one setting only: the thesis' -0.625 pools every" in one
+    assert "over every setting of the cycle grid" not in one
 
 
 def test_figure_6_1_confidence_interval(thesis_runs, tmp_path):
@@ -156,11 +166,39 @@ def test_figure_6_1_confidence_interval(thesis_runs, tmp_path):
     assert "95 % confidence interval" in text
 
 
-def test_one_run_per_method_for_figure_6_1():
+def test_figure_6_1_pools_the_runs_of_one_setting():
+    """Thesis l. 231: StarSSE trained twice with the optimal setting (seeds only differ), 2 x C(14, 4) = 2,002
+    subsets; Local DE once. The optimal setting first, then the first run's; never two checkpoints or archs pooled."""
+    star = lambda lr, seed, **kw: _grid_config(lr, 0.5, members=15, seed=seed, pretrained=["ckpt1.pt"], **kw)
+    lde = lambda ckpt: {"method": "Local DE", "members": 15, "seed": 0, "pretrained": [ckpt]}
+    configs = {"a/starsse-lr4x": star(4, 0), "b/starsse-opt-seed1": star(2, 1), "c/starsse-opt-seed0": star(2, 0),
+               "d/lde-ckpt2": lde("ckpt2.pt"), "c/lde-ckpt1": lde("ckpt1.pt"),
+               "e/swin-opt-seed0": star(2, 0, arch="timm/swin_tiny_patch4_window7_224")}
+    assert S.thesis_pools(configs) == {("StarSSE", None): ["b/starsse-opt-seed1", "c/starsse-opt-seed0"],
+                                       ("Local DE", None): ["c/lde-ckpt1"],
+                                       ("StarSSE", "timm/swin_tiny_patch4_window7_224"): ["e/swin-opt-seed0"]}
+
+
+def test_analyses_never_pool_architectures(tmp_path, monkeypatch):
+    """A Swin-T sweep under the same root: the correlation and the subsets refuse to pool architectures, and the
+    thesis report gives each its own figure 6.1 group (two ResNet StarSSE runs pooled: 2 x C(6, 2) = 30 subsets of 3
+    with member 1 in each; the Swin run's 15)."""
+    rng = np.random.default_rng(2)
+    root = str(tmp_path / "runs")
+    for seed in (0, 1):
+        _run(root, f"subsets/starsse7/ckpt1-seed{seed}", _grid_config(2, 0.5), 7, rng, 0.02, seed=seed)
+    _run(root, "swin/subsets/starsse7/ckpt1-seed0", _grid_config(2, 0.5), 7, rng, 0.02,
+         arch="timm/swin_tiny_patch4_window7_224")
+    with pytest.raises(UserError, match="the diversity structure pools runs of one architecture; these are of 2"):
+        D.analyze([root], str(tmp_path / "d"), log=lambda *_: None)
+    with pytest.raises(UserError, match="group 'StarSSE' .* pools runs of one architecture"):
+        S.analyze([root], str(tmp_path / "s"), 3, log=lambda *_: None)
     if os.path.join(REPO, "scripts") not in sys.path:
         sys.path.insert(0, os.path.join(REPO, "scripts"))
-    pick = importlib.import_module("thesis_report").one_run_per_method
-    configs = {"a/starsse-lr4x": _grid_config(4, 0.5, members=15), "b/starsse-opt-seed1": _grid_config(2, 0.5),
-               "c/starsse-opt-seed0": _grid_config(2, 0.5), "d/lde-ckpt2": {"method": "Local DE", "members": 15},
-               "c/lde-ckpt1": {"method": "Local DE", "members": 15}}
-    assert pick(configs) == {"StarSSE": "b/starsse-opt-seed1", "Local DE": "c/lde-ckpt1"}
+    monkeypatch.setattr(sys, "argv", ["thesis_report", root, "--subset_size", "3", "--skip", "representations",
+                                      "diversity", "--out", str(tmp_path / "tr")])
+    importlib.import_module("thesis_report").main()
+    groups = json.loads((tmp_path / "tr" / "subsets.json").read_text())["groups"]
+    assert {k: v["subsets"] for k, v in groups.items()} == {"StarSSE arch=resnet_mini": 30,
+                                                            "StarSSE arch=timm/swin_tiny_patch4_window7_224": 15}
+    assert len(groups["StarSSE arch=resnet_mini"]["runs"]) == 2

@@ -236,3 +236,17 @@ def test_bf16_switch_trains(tmp_path, tiny):
     assert r.returncode == 0, r.stderr
     m = load_json(tmp_path / "b" / "metrics.json")
     assert m["member_accuracy"][1] > 10 and load_json(tmp_path / "b" / "config.json")["mixed_precision"] == "bf16"
+
+
+def test_drop_last_schedule_and_loader_agree_in_a_run(tmp_path, fresh_cache):
+    """--drop_last: the schedule Experiment builds (iterations_per_epoch) has the loader's length, so a run trains
+    (fit refuses a schedule of another length): 40 digits in batches of 16 are 2 iterations, not 3."""
+    flags = ["--cpu", "--quiet", "--epochs", "1", "--members", "1", "--batch_size", "16", "--cache_dir",
+             fresh_cache(), "--output_dir", str(tmp_path / "d")]
+    exp = Experiment(settings([*flags, "--drop_last"], "Fine-tune", "finetune.py"))
+    assert exp.iters == 2 and exp.data.train.drop_last and len(exp.data.train) == 40
+    exp.finetune(1)
+    assert load_json(tmp_path / "d" / "member_1.json")["history"][0]["epoch"] == 1
+    exp.finish()
+    plain = Experiment(settings(flags[:-1] + [str(tmp_path / "p")], "Fine-tune", "finetune.py"))
+    assert plain.iters == 3 and not plain.data.train.drop_last

@@ -5,8 +5,8 @@ The rules that keep a table from misleading:
 - a row is a method and every config key that varies among that method's runs (its swept settings), so different
   settings are different rows; seed, checkpoint and the keys that change no result are repetitions, not settings;
 - runs of different ensemble sizes are never averaged together (a row that would mix them is split by size);
-- a run found twice (same settings and seed, same member weights: e.g. a grid point equal to a core run) counts once,
-  and the table says how many were dropped;
+- a run found twice (same settings, seed and checkpoint, whatever its weights: e.g. a grid point equal to a core
+  run) counts once, and the table says how many were dropped and how many of them had other weights;
 - time columns compare like with like: seconds per cycle epoch, and the whole ensemble's seconds with phase I, each
   against the StarSSE runs of the same phase-I and cycle settings, beside the thesis' figure of the same quantity;
 - `select_by`: one setting per method chosen on the validation split (or, flagged as optimistic, on the test set).
@@ -78,10 +78,13 @@ def regime(cfg):
     """'optimal', 'more local' or 'semi-local' (thesis figure 4.5) of an SSE-family run's cycle setting, against
     OPTIMAL_CYCLE. Our rule, as the cycle grid is laid out: a lower cycle lr than the optimum is more local, a higher
     one semi-local (the restart lr decides how far a cycle moves from model 1); at the optimal lr, shorter cycles are
-    more local, longer ones semi-local. None for runs without cycles (DE, fine-tunes, 1 member)."""
+    more local, longer ones semi-local. None for runs without cycles (DE, fine-tunes, 1 member) and for other
+    families than ResNets: the optimum is ResNet-50's (Swin-T's is selected on validation by its own grid)."""
     r = cycle_ratios(cfg)
     method = methods.get(cfg.get("method"))
     if r is None or method is None or not method.cycles or (cfg.get("members") or 2) < 2:
+        return None
+    if not str(cfg.get("arch", "resnet50")).removeprefix("timm/").startswith("resnet"):  # resnet50, resnet_mini
         return None
     opt_epochs = int(OPTIMAL_CYCLE["epochs_ratio"] * cfg["epochs"])  # as the sweeps round: 0.5 x 25 -> 12
     if not math.isclose(r[0], OPTIMAL_CYCLE["lr_ratio"], rel_tol=1e-6):
@@ -101,8 +104,8 @@ def is_optimal_starsse(cfg):
 
 Collection = namedtuple("Collection", "runs dropped repeats keys skipped unverified", defaults=((), ()))
 Collection.__doc__ = """runs: [(row label, run dir, config, metrics)] counted in the table; dropped: [(run dir, the run
-dir it duplicates)]; repeats: [(run dir, run dir)] with the same settings and seed but different member weights
-(training that is not bit-reproducible, e.g. on GPUs): both counted; keys: {run dir: the config keys of its row};
+dir it duplicates)]: the same settings, seed and checkpoint, counted once; repeats: those of `dropped` whose member
+weights differ (training that is not bit-reproducible, e.g. on GPUs); keys: {run dir: the config keys of its row};
 skipped: [(run dir, why)] left out: partial, a damaged member, numbers computed from other members
 (lib.evaluation.results.check_results); unverified: [run dir] counted whose metrics.json predates member digests."""
 
@@ -155,29 +158,26 @@ def member_digests(run_dir, members):
 
 def drop_duplicates(runs):
     """(kept runs, dropped, repeats). Runs with the same result-relevant settings (seed and checkpoint included) and
-    number of members are compared by their members' digests (member_digests): a run whose every member equals an
-    earlier run's (in run-directory order) is dropped; one with other weights is a repeat and stays. Only runs whose
-    settings collide are compared, so files are hashed only there (and only when a record lacks its digest)."""
+    number of members are one run, whatever their weights: the first (in run-directory order) is kept, the others
+    are dropped (e.g. the cycle grid's point at 2x lr, 0.5x epochs repeats the core runs). repeats: the dropped runs
+    whose members' digests (member_digests) differ from the kept run's (training that is not bit-reproducible, e.g. on
+    GPUs: pseudo-replicates, not independent runs). Only runs whose settings collide are hashed, and only where a
+    record lacks its digest."""
     same = {}
     for _l, d, cfg, met in runs:
         settings = {k: _value(cfg, k) for k in set(cfg) | set(LEGACY) if k not in NON_RESULT_KEYS}
         same.setdefault((json.dumps(settings, sort_keys=True), met.get(R.MEMBERS.key)), []).append(d)
     drop, dropped, repeats = set(), [], []
-    for (_key, members), dirs in same.items():
-        if len(dirs) < 2 or not members:
+    for (_key, members), (kept, *others) in same.items():
+        if not others:
             continue
-        first = {}  # digests -> the run counted
-        for d in dirs:
-            digest = member_digests(d, members)
-            if digest is None:
-                continue  # no member file to compare: counted, neither a duplicate nor a known repeat
-            if digest in first:
-                drop.add(d)
-                dropped.append((d, first[digest]))
-            else:
-                if first:
-                    repeats.append((d, next(iter(first.values()))))
-                first[digest] = d
+        digest = member_digests(kept, members) if members else None
+        for d in others:
+            drop.add(d)
+            dropped.append((d, kept))
+            other = member_digests(d, members) if digest is not None else None
+            if other is not None and other != digest:
+                repeats.append((d, kept))
     return [r for r in runs if r[1] not in drop], dropped, repeats
 
 
@@ -475,11 +475,11 @@ def markdown_table(summary, selection=None, ood=(), dropped=(), repeats=(), ood_
         lines.append(f"--ood_column {' '.join(missing)}: no run has it (available: "
                      f"{', '.join(ood_available) or 'none'}).")
     if dropped:
-        lines.append(f"{len(dropped)} duplicate run(s) dropped: the same settings, seed and member weights as a run "
-                     f"counted ({_listed(dropped, '=')}).")
+        lines.append(f"{len(dropped)} duplicate run(s) dropped: the same settings, seed and checkpoint as a run "
+                     f"counted, whatever their weights ({_listed(dropped, '=')}).")
     if repeats:
-        lines.append(f"{len(repeats)} run(s) repeat another's settings and seed with different member weights "
-                     f"(training not bit-reproducible) and count as runs of their own ({_listed(repeats, '~')}).")
+        lines.append(f"{len(repeats)} of them with other member weights (training not bit-reproducible, e.g. on "
+                     f"GPUs): pseudo-replicates of the run counted, not independent runs ({_listed(repeats, '~')}).")
     if selection:
         lines += ["", selection_table(summary, selection, shown)]
     return "\n".join(lines)

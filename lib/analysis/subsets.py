@@ -3,6 +3,7 @@ saved probabilities; a linear SVM between the better and worse halves; the worst
 markdown of scripts/subsets.py.
 """
 import itertools
+import json
 import math
 import os
 import time
@@ -14,11 +15,28 @@ from lib.evaluation import metrics
 from lib.infra.errors import check
 from lib.infra.figures import pyplot, save_figure
 from lib.infra.files import save_json, write_csv
-from lib.runs.rundir import find_runs, open_run, run_info
+from lib.analysis.report import regime
+from lib.runs.rundir import check_one_arch, find_runs, open_run, run_info
 from lib.settings import methods
+from lib.settings.schema import LEGACY, NON_RESULT_KEYS
 
 SUBSET_COLUMNS = ["run_dir", "group", "method", "seed", "subset", "avg_accuracy", "diversity", "ensemble_accuracy",
                   "better_half", "tail"]
+
+
+def thesis_pools(configs):
+    """{(method, arch): [run dirs]}: the runs figure 6.1 / table 6.1 pool, as the thesis did (l. 231: StarSSE trained
+    twice with the optimal setting, 2 x C(14, 4) = 2,002 subsets of 5; Local DE once, C(15, 5) = 3,003): for each
+    method and architecture, the runs of one setting that differ only by their seed (same checkpoint, "varying only
+    by random seeds"), the thesis' optimal cycle setting first, else the first run's in run-directory order.
+    configs: {run dir: config} of the large runs."""
+    skip = NON_RESULT_KEYS | {"seed"}
+    settings = {}  # (method, arch) -> {setting: [run dirs]}, in the order the settings are preferred
+    for d, c in sorted(configs.items(), key=lambda item: (regime(item[1]) not in ("optimal", None), item[0])):
+        key = json.dumps({k: c.get(k, LEGACY.get(k)) for k in set(c) | set(LEGACY) if k not in skip},
+                         sort_keys=True, default=str)
+        settings.setdefault((c.get("method"), c.get("arch")), {}).setdefault(key, []).append(d)
+    return {group: sorted(next(iter(by_setting.values()))) for group, by_setting in settings.items()}
 
 
 def subset_indices(members, size, fix_first=False):
@@ -230,12 +248,18 @@ def table(groups):
 
 def analyze(run_dirs, out, size=5, fix_first="auto", group_by=("method",), fraction=0.05, max_subsets=10 ** 6,
             prefix="subsets", log=print, level=0.95, n_boot=1000):
-    """Every subset of every run under `run_dirs` (the runs of one group pooled: pass one run per method for the
-    thesis' figure 6.1); writes the files and returns the markdown section. level, n_boot: the confidence band of
+    """Every subset of every run under `run_dirs`, the runs of one group pooled (the thesis' figure 6.1: the runs
+    thesis_pools picks); writes the files and returns the markdown section. level, n_boot: the confidence band of
     the separating line (line_band)."""
     check(size >= 2, f"--size must be at least 2 (diversity needs a pair), got {size}")
-    rows, groups, seconds = [], {}, 0.0
-    for d in find_runs(run_dirs):
+    rows, groups, seconds, configs = [], {}, 0.0, {}
+    found = find_runs(run_dirs)
+    for d in found:  # the runs of one group are pooled: one architecture each
+        run = open_run(d, verify=False)
+        configs.setdefault(run_info(run, group_by)["group"], {})[d] = run.config
+    for label, group in configs.items():
+        check_one_arch(group, f"the subsets of group '{label}' (--group_by {' '.join(group_by)})")
+    for d in found:
         run = open_run(d, verify=False)  # the probabilities it reads are checked against their digests (load_probs)
         m = run.completed_members()
         check(m >= size, f"{d} has {m} finished member(s); --size {size} needs at least {size}")

@@ -179,8 +179,9 @@ class DeviceLoader:
     """Batches of a DeviceImages training set, augmented on `device`; the same interface as the DataLoader it
     replaces (len, iteration, sampler.set_epoch). Each process reads its DistributedSampler shard."""
 
-    def __init__(self, dataset, batch_size, num_replicas, rank, seed, device):
+    def __init__(self, dataset, batch_size, num_replicas, rank, seed, device, drop_last=False):
         self.dataset, self.batch_size, self.seed, self.device = dataset, batch_size, seed, device
+        self.drop_last = drop_last  # leave out the epoch's last short batch
         self.sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed,
                                           drop_last=False)
         # CPU only: batches are written into a few reused buffers. A fresh 150 MiB tensor per batch (256 x 3 x 224^2)
@@ -207,14 +208,15 @@ class DeviceLoader:
         return buf
 
     def __len__(self):
-        return math.ceil(len(self.sampler) / self.batch_size)
+        n = len(self.sampler) / self.batch_size
+        return math.floor(n) if self.drop_last else math.ceil(n)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(seed_for(self.seed, self.sampler.epoch, 0xA06))
         boxes, flips, angles = self.dataset.epoch_params(g)  # the same for every process
         images, labels = self.dataset.on(self.device)
         order = torch.tensor(list(iter(self.sampler)), dtype=torch.long)
-        for start in range(0, len(order), self.batch_size):
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
             idx = order[start:start + self.batch_size]
             params = (boxes[idx].to(self.device), None if flips is None else flips[idx].to(self.device),
                       None if angles is None else angles[idx].to(self.device))

@@ -216,13 +216,20 @@ class Augment:
     interpolation: str = "bilinear"
 
 
-def augment_spec(augment, image_size, native=32, stats=(IMAGENET_MEAN, IMAGENET_STD), data_config=None):
+def augment_spec(augment, image_size, native=32, stats=(IMAGENET_MEAN, IMAGENET_STD), data_config=None,
+                 test_resize=None):
     """The Augment of --augment: `reference` (the reference code: ImageNet statistics, test Resize(size * 256/224) +
     CenterCrop), `cifar` (native `native`-pixel images, `stats`), `model` (a model's data config dict, as
     lib.models.backbones.data_config / timm.data.resolve_model_data_config give it: input_size (3, H, W),
-    interpolation, crop_pct, mean, std; test Resize(floor(H / crop_pct)) + CenterCrop(H), as timm's eval transform)."""
+    interpolation, crop_pct, mean, std; test Resize(floor(H / crop_pct)) + CenterCrop(H), as timm's eval transform).
+    test_resize (--test_resize): the test Resize of reference / model instead (the reference code's Swin: 256)."""
+    check(test_resize is None or augment in ("reference", "model"),
+          f"--test_resize is for --augment reference or model (a resize before the centre crop), not {augment}")
+    check(test_resize is None or test_resize >= image_size,
+          f"--test_resize {test_resize} must be at least --image_size {image_size} (it is cropped to it)")
     if augment == "reference":
-        return Augment("reference", image_size, IMAGENET_MEAN, IMAGENET_STD, round(image_size * 256 / 224))
+        return Augment("reference", image_size, IMAGENET_MEAN, IMAGENET_STD,
+                       test_resize or round(image_size * 256 / 224))
     if augment == "cifar":
         return Augment("cifar", native, tuple(stats[0]), tuple(stats[1]))
     check(augment == "model", f"unknown --augment {augment}")
@@ -233,7 +240,7 @@ def augment_spec(augment, image_size, native=32, stats=(IMAGENET_MEAN, IMAGENET_
     interpolation = data_config["interpolation"] if data_config["interpolation"] in ("bilinear", "bicubic",
                                                                                      "nearest") else "bilinear"
     return Augment("model", int(height), tuple(data_config["mean"]), tuple(data_config["std"]),
-                   math.floor(height / data_config["crop_pct"]), interpolation)
+                   test_resize or math.floor(height / data_config["crop_pct"]), interpolation)
 
 
 def torchvision_transforms(aug, auto_augment=None, reprob=0.0, first=()):
@@ -336,9 +343,9 @@ def _cifar_subset(ds, indices, transform):
 
 
 def load_cifar_task(kind, data_dir, augment, image_size, download=False, pipeline="torchvision", val_split=None,
-                    data_config=None, auto_augment=None, reprob=0.0):
+                    data_config=None, auto_augment=None, reprob=0.0, test_resize=None):
     """CIFAR-10 or CIFAR-100 from the python pickles in `data_dir`."""
-    aug = augment_spec(augment, image_size, 32, CIFAR_STATS[kind], data_config)
+    aug = augment_spec(augment, image_size, 32, CIFAR_STATS[kind], data_config, test_resize)
     train_tf, test_tf = torchvision_transforms(aug, auto_augment, reprob)
     train = read_cifar(kind, data_dir, True, download, train_tf)
     test = read_cifar(kind, data_dir, False, download, test_tf)
@@ -374,7 +381,7 @@ def load_cifar100_task(data_dir, augment, image_size, download=False, pipeline="
 # Hugging Face data sets and image folders
 
 def load_source_task(srcs, augment, image_size, pipeline, cache_dir, val_split=None, data_config=None,
-                     auto_augment=None, reprob=0.0):
+                     auto_augment=None, reprob=0.0, test_resize=None):
     """A task from lib.data.sources.TaskSources. Every image is checked once (cached); images keep their native size
     when all images of all splits share one, else they are resized to image_size x image_size when decoded for the
     device pipeline (the torchvision pipeline's reference / model transforms take any size; --augment cifar resizes)."""
@@ -383,7 +390,7 @@ def load_source_task(srcs, augment, image_size, pipeline, cache_dir, val_split=N
     size = native or (image_size, image_size)
     check(augment != "cifar" or size[0] == size[1],
           f"--augment cifar needs square images; all images here are {size[1]}x{size[0]} (use --augment reference)")
-    aug = augment_spec(augment, image_size, size[0], (IMAGENET_MEAN, IMAGENET_STD), data_config)
+    aug = augment_spec(augment, image_size, size[0], (IMAGENET_MEAN, IMAGENET_STD), data_config, test_resize)
     keep = held = None
     if val_split:
         keep, held = val_indices(srcs.train.labels, val_split, srcs.class_names, srcs.train.name)
@@ -485,13 +492,15 @@ def load_task(cfg):
     pipeline = _get(cfg, "data_pipeline", "torchvision")
     val_split, val_split_name = _get(cfg, "val_split"), _get(cfg, "val_split_name")
     auto_augment, reprob = _get(cfg, "auto_augment"), _get(cfg, "reprob", 0.0)
+    test_resize = _get(cfg, "test_resize")
     data_config = model_data_config(cfg) if augment == "model" else None
     identity = {}
     if dataset == "digits":
+        check(test_resize is None, "--test_resize is for --augment reference or model, not digits")
         task = load_digits_task(cfg.labels_per_class, pipeline, image_size, val_split)
     elif dataset in ("cifar10", "cifar100"):
         task = load_cifar_task(dataset, cfg.data_dir, augment, image_size, _get(cfg, "download", False), pipeline,
-                               val_split, data_config, auto_augment, reprob)
+                               val_split, data_config, auto_augment, reprob, test_resize)
     else:
         if dataset == "hf":
             srcs = sources.hf_task(_get(cfg, "dataset_name"), _get(cfg, "data_files"), _get(cfg, "image_column"),
@@ -501,7 +510,7 @@ def load_task(cfg):
             srcs = sources.folder_task(cfg.train_dir, cfg.test_dir)
         identity["train_images"] = srcs.train.fingerprint
         task = load_source_task(srcs, augment, image_size, pipeline, _get(cfg, "cache_dir", "runs/cache"), val_split,
-                                data_config, auto_augment, reprob)
+                                data_config, auto_augment, reprob, test_resize)
     check(task.num_classes >= 2, f"the task has {task.num_classes} class"
                                  f"{' (' + str(task.class_names[0]) + ')' if task.class_names else ''}: a classifier "
                                  f"needs at least two (an image folder holds one sub-folder per class)")
@@ -510,6 +519,7 @@ def load_task(cfg):
     identity.update({k: v for k, v in extras.items() if v is not None})
     if identity:
         task.train_key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    task.train.drop_last = bool(_get(cfg, "drop_last", False))  # how train_loader reads it (--drop_last)
     return task
 
 
@@ -755,21 +765,36 @@ def _like_test(task, images, labels):
 # ----------------------------------------------------------------------------------------------------------------
 # loaders
 
-def train_loader(dataset, batch_size, num_processes, process_index, seed, num_workers=0, device="cpu"):
+def iterations_per_epoch(samples, batch_size, num_processes=1, drop_last=False):
+    """Training iterations per epoch of train_loader: each process reads ceil(samples / P) samples (its
+    DistributedSampler shard) in batches of batch_size / P; the last short batch counts (ceil) unless drop_last
+    (floor: the reference code's Swin loader)."""
+    per_process, per_batch = math.ceil(samples / num_processes), batch_size // num_processes
+    return per_process // per_batch if drop_last else math.ceil(per_process / per_batch)
+
+
+def train_loader(dataset, batch_size, num_processes, process_index, seed, num_workers=0, device="cpu",
+                 drop_last=None):
     """A training loader whose order depends only on (seed, epoch): call `loader.sampler.set_epoch(e)` each epoch.
 
     Each process reads its own shard (DistributedSampler), so the loader is not passed through
     accelerator.prepare; `batch_size` is the global batch, split evenly over the processes. A DeviceImages
-    data set gets a DeviceLoader, which yields batches already augmented on `device`.
+    data set gets a DeviceLoader, which yields batches already augmented on `device`. drop_last: leave out each
+    epoch's last short batch (default: the data set's `drop_last`, which load_task sets from --drop_last); its
+    length is iterations_per_epoch's.
     """
     check(batch_size % num_processes == 0,
           f"--batch_size {batch_size} must be divisible by the number of processes ({num_processes})")
+    drop_last = getattr(dataset, "drop_last", False) if drop_last is None else drop_last
+    check(not drop_last or len(dataset) >= batch_size,
+          f"--drop_last with {len(dataset)} training samples and --batch_size {batch_size} leaves no batch")
     if isinstance(dataset, DeviceImages):
-        return DeviceLoader(dataset, batch_size // num_processes, num_processes, process_index, seed, device)
+        return DeviceLoader(dataset, batch_size // num_processes, num_processes, process_index, seed, device,
+                            drop_last)
     sampler = DistributedSampler(dataset, num_replicas=num_processes, rank=process_index, shuffle=True,
                                  seed=seed, drop_last=False)
     return DataLoader(dataset, batch_size=batch_size // num_processes, sampler=sampler, num_workers=num_workers,
-                      pin_memory=torch.cuda.is_available(), drop_last=False, persistent_workers=num_workers > 0)
+                      pin_memory=torch.cuda.is_available(), drop_last=drop_last, persistent_workers=num_workers > 0)
 
 
 def test_loader(dataset, batch_size, num_workers=0):

@@ -266,3 +266,15 @@ def run_label(config, group_by=("method",)):
 def run_info(run, group_by=("method",)):
     c = run.config
     return {"run_dir": run.path, "group": run_label(c, group_by), "method": c.get("method"), "seed": c.get("seed")}
+
+
+def check_one_arch(configs, what):
+    """UserError unless the runs {run dir: config} share one architecture: an analysis that pools runs (a
+    correlation over their pairs, subsets, distances to member 1) compares like with like, and the thesis' analyses
+    are of ResNet-50 runs only (a Swin-T sweep writing under the same root must not enter them)."""
+    first = {}
+    for d, c in configs.items():
+        first.setdefault(c.get("arch"), d)
+    check(len(first) <= 1, f"{what} pools runs of one architecture; these are of {len(first)}: "
+                           + "; ".join(f"{a} (e.g. {d})" for a, d in first.items())
+                           + ": give each architecture's runs apart")

@@ -82,6 +82,11 @@ class Data:
                             "0.25)", phase1=True, legacy=0.0)
     image_size: int = setting(None, "training crop size (digits are upsampled once from 8x8 to 16)",
                               per_dataset={"digits": 16, "*": 224}, phase1=True)
+    test_resize: int = setting(None, "--augment reference / model: the test transform resizes the short side to this "
+                               "before the centre crop of --image_size (default: reference round(size x 256 / 224); "
+                               "model floor(size / the model's crop_pct), 248 for timm's Swin-T; the reference code's "
+                               "Swin test transform: 256). It keys the phase-I cache (cached members carry their test "
+                               "and validation predictions)", phase1=True, legacy=None)
     labels_per_class: int = setting(None, "digits: labelled images per class (few labels: fine-tuning needs the "
                                     "pre-trained features)", per_dataset={"digits": 4, "*": None}, phase1=True)
     num_workers: int = setting(None, "DataLoader workers per process (at most the CPU count; digits: in-memory "
@@ -141,6 +146,14 @@ class Optimisation:
     warmup_epochs: float = setting(0.0, "phase I: linear warm-up from --warmup_lr over this many epochs (Swin setup: "
                                    "10 % of phase I)", phase1=True, legacy=0.0)
     warmup_lr: float = setting(0.0, "learning rate at the start of the warm-up", phase1=True, legacy=0.0)
+    warmup_granularity: str = setting("iteration", "iteration: the warm-up rises every iteration over round("
+                                      "warmup_epochs x iterations per epoch) steps; epoch: the reference code's Swin "
+                                      "schedule, int(warmup_epochs) whole epochs (int(10.2) = 10), epoch e at warmup_lr "
+                                      "+ (lr - warmup_lr) x e / W, then the cosine over the remaining epochs",
+                                      choices=("iteration", "epoch"), phase1=True, legacy="iteration")
+    drop_last: bool = setting(False, "drop each epoch's last short batch, as the reference code's Swin loader "
+                              "(iterations per epoch: floor instead of ceil of samples / batch)", phase1=True,
+                              legacy=False)
     clip_grad: float = setting(None, "clip the gradient norm to this value (Swin: 5)", phase1=True, legacy=None,
                                loop=True)
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy (Swin: 0.1)", phase1=True, legacy=0.0,
@@ -239,9 +252,12 @@ class Similarity:
     layers: typing.List[str] = setting(["avgpool"], "any of the model's stage2..stageK and avgpool (pool), each "
                                        "optionally name:weight", many="+", phase1=False)
     star: bool = setting(False, "StarSSE-RTD / StarSSE-MSE: every cycle starts from model 1", phase1=False)
-    reference: str = setting("model1", "the representations to stay close to: model 1's (thesis) or the pre-trained "
-                             "checkpoint's (thesis section 4's alternative); cycles 2..M only",
-                             choices=("model1", "pretrained"), phase1=False, legacy="model1")
+    reference: str = setting("model1", "the representations to stay close to: model1 (the thesis), in cycles 2..M; "
+                             "pretrained, the pre-trained checkpoint's (thesis section 4's alternative), in cycles "
+                             "2..M; pretrained_phase1, the pre-trained checkpoint's from phase I on (the thesis code's "
+                             "'pretrain' mode: model 1 is regularised too, so it is trained apart from the plain phase "
+                             "I, under a cache key that holds the term's settings)",
+                             choices=("model1", "pretrained", "pretrained_phase1"), phase1=False, legacy="model1")
     rtd_card: int = setting(50, "most persistent H1 bars kept per direction", phase1=False)
     rtd_variant: str = setting("rtd-ae", "rtd-ae: the thesis' loss; exact: true RTD", choices=("rtd-ae", "exact"),
                                phase1=False)

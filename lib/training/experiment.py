@@ -15,7 +15,6 @@ trained whole by one process, `owner(member)`, which also writes its files. `syn
 """
 import hashlib
 import json
-import math
 import os
 import time
 
@@ -24,7 +23,7 @@ import torch
 
 from lib.core.freeze import freeze as freeze_stages
 from lib.core.schedules import cycle_schedule, member_schedule, phase1_schedule
-from lib.data.tasks import load_task, test_loader
+from lib.data.tasks import iterations_per_epoch, load_task, test_loader
 from lib.evaluation import metrics, registry
 from lib.evaluation.evaluate import evaluate_run, load_sets
 from lib.evaluation.predict import predict
@@ -107,8 +106,8 @@ class Experiment:
             save_array(self.run.file("labels.npy"), self.data.test_labels)
             if self.data.val is not None:
                 save_array(self.run.file("val_labels.npy"), self.data.val_labels)
-        per_process = math.ceil(len(self.data.train) / acc.num_processes)
-        self.iters = math.ceil(per_process / (cfg.batch_size // acc.num_processes))  # training iterations per epoch
+        self.iters = iterations_per_epoch(len(self.data.train), cfg.batch_size, 1 if self.parallel else
+                                          acc.num_processes, cfg.drop_last)  # per epoch, as fit's train_loader
         self.test_loader = test_loader(self.data.test, cfg.eval_batch_size, min(cfg.num_workers, 4))
         self.val_loader = None if self.data.val is None else \
             test_loader(self.data.val, cfg.eval_batch_size, min(cfg.num_workers, 4))
@@ -165,13 +164,18 @@ class Experiment:
     # ------------------------------------------------------------------------------------------------------------
     # members
 
-    def finetune(self, member, checkpoint=None, freeze="none", first_cycle=False):
+    def finetune(self, member, checkpoint=None, freeze="none", first_cycle=False, loss_terms=None, taps=(),
+                 terms_key=None):
         """Member `member` fine-tuned from a pre-trained checkpoint with the phase-I schedule (phase I, a Local DE
         member, a Global DE member). Cached in cache_dir by (checkpoint, seed, member, phase-I hyper-parameters),
         so SSE, StarSSE, Local DE and every variant train it once; the cache entry is locked while it is trained
         (lib.infra.locks), so two runs that need it at the same time train it once. `freeze`: train only the stages from
         it on (lib.core.freeze.freeze), from the start. first_cycle: fine-tune with the cycles' schedule
-        (cycle_lr over cycle_epochs) instead of phase I's, as Standard SSE's first cycle."""
+        (cycle_lr over cycle_epochs) instead of phase I's, as Standard SSE's first cycle. loss_terms / taps: extra
+        loss terms in phase I too (sse_rtd.py --reference pretrained_phase1); terms_key, a dict of every setting
+        they depend on, is then part of the cache key, so a regularised phase I never shares an entry with a plain
+        one nor with another term's."""
+        assert not loss_terms or terms_key, "finetune with loss terms needs terms_key (what keys its cache entry)"
         cfg = self.cfg
         checkpoint = checkpoint or self.checkpoints[0]
         if self.run.done(member):
@@ -187,7 +191,8 @@ class Experiment:
                **{k: getattr(cfg, k) for k in PHASE1_KEYS}, "lr": lr, "epochs": epochs,
                "processes": 1 if self.parallel else self.accelerator.num_processes,
                **({"train_data": self.data.train_key} if self.data.train_key else {}),  # the data's own fingerprint
-               **({"freeze": freeze, "frozen_bn": self.frozen_bn} if freeze != "none" else {})}
+               **({"freeze": freeze, "frozen_bn": self.frozen_bn} if freeze != "none" else {}),
+               **({"loss_terms": terms_key} if loss_terms else {})}
         entry = os.path.join(cfg.cache_dir, "finetune",
                              hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20])
         lock = None
@@ -211,7 +216,7 @@ class Experiment:
                 self._train(cache, 1, model, lrs, epochs,
                             seed_for(cfg.seed, member), init=f"pretrained:{checkpoint}",
                             step_offset=self._step_offset(member, finetune=True), desc=f"member {member} (fine-tune)",
-                            freeze=freeze)
+                            freeze=freeze, loss_terms=loss_terms, taps=taps)
             if self.writer:  # a verified copy (never a link: damage to a run must not spread to the cache)
                 record = cache.verify_member(1)
                 for kind, src in cache.member_files(1).items():
