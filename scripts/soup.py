@@ -20,24 +20,19 @@ from lib.infra.errors import check, cli_main, interrupt_quietly  # noqa: E402
 
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from scipy.special import softmax  # noqa: E402
 
 from lib.cli.parser import Parser  # noqa: E402
-from lib.data.tasks import load_task, train_loader  # noqa: E402
+from lib.data.tasks import load_task  # noqa: E402
+from lib.ensemble.card import write_run_card  # noqa: E402
+from lib.ensemble.soup import BN_BATCHES, MODES, default_bn_batches, member_states, soup_model  # noqa: E402
 from lib.evaluation import (
     metrics,  # noqa: E402
     soups,  # noqa: E402
 )
 from lib.evaluation.evaluate import lock_for_writing, merge_metrics, predict_logits, run_settings  # noqa: E402
-from lib.infra.files import load_json  # noqa: E402
-from lib.infra.seeding import seed_for  # noqa: E402
-from lib.models.backbones import build_model, stage_map  # noqa: E402
 from lib.runs.rundir import open_run  # noqa: E402
 from lib.training.loop import make_accelerator  # noqa: E402
-
-BN_BATCHES = 100    # default --bn_recalibrate for BN models: one epoch of training batches, at most this many
-BN_STREAM = 11      # seed stream of the recalibration batches: (seed, BN_STREAM)
 
 
 def soup_keys(mode, p, labels):
@@ -49,7 +44,7 @@ def soup_keys(mode, p, labels):
 def main():
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
-    p.add_argument("--mode", nargs="+", choices=["uniform", "greedy"], default=["uniform"],
+    p.add_argument("--mode", nargs="+", choices=MODES, default=["uniform"],
                    help="uniform: mean of all members; greedy: Wortsman et al.'s greedy soup (needs a validation "
                         "split)")
     p.add_argument("--bn_recalibrate", type=int, default=None, metavar="N",
@@ -68,28 +63,18 @@ def main():
     check("greedy" not in a.mode or os.path.exists(run.file("val_labels.npy")),
           f"--mode greedy needs a validation split and {a.run_dir} has none: train the run with --val_split F "
           f"(or --val_split_name) to have one")
-    states = [run.load_member_weights(i) for i in range(1, n + 1)]
     probs, labels = run.load_probs(n), np.load(run.file("labels.npy"))
-    probe = build_model(cfg.arch, probs.shape[-1], cfg.image_size)  # its stage map: which stage each tensor is in
-    soups.check_compatible(states, [load_json(run.record(i)) for i in range(1, n + 1)], stage_map(probe))
+    states = member_states(run, cfg, n, probs.shape[-1])
     lock = lock_for_writing(run)  # a run still training in the directory is refused; None: read-only
     try:
         acc = make_accelerator(cfg.cpu, cfg.mixed_precision)
         data = load_task(cfg)
-        bn_loader = lambda: train_loader(data.train, cfg.batch_size, 1, 0, seed_for(cfg.seed, BN_STREAM), 0,
-                                         acc.device)
-        bn_batches = a.bn_recalibrate if a.bn_recalibrate is not None else \
-            min(BN_BATCHES, len(bn_loader())) if soups.has_batchnorm(probe) else 0
+        bn_batches = a.bn_recalibrate if a.bn_recalibrate is not None else default_bn_batches(cfg, data, acc.device)
         keep = soups.identical_bn_layers(states)
 
         def soup_probs(state, dataset, recalibrate=True):
             """A soup's probabilities on `dataset`, its BatchNorm statistics re-estimated on training batches first."""
-            model = build_model(cfg.arch, data.num_classes, cfg.image_size)
-            model.load_state_dict(state)
-            model.to(acc.device)
-            if recalibrate and bn_batches:
-                torch.manual_seed(seed_for(cfg.seed, BN_STREAM))  # the same augmented batches for every soup
-                soups.recalibrate_bn(model, soups.take_batches(bn_loader(), bn_batches), acc.device, keep)
+            model = soup_model(cfg, data, state, acc.device, bn_batches if recalibrate else 0, keep)
             return softmax(predict_logits(acc, [model], dataset, cfg, local=True)[0].astype(np.float64), axis=-1)
 
         result, rows = {}, []
@@ -124,6 +109,7 @@ def main():
             print(f"note: {a.run_dir} is read-only: metrics.json was not written")
         else:
             merge_metrics(run, result)
+            write_run_card(run, data)  # the model card shows the soups' accuracy from now on
     finally:
         if lock is not None:
             lock.release()

@@ -25,6 +25,7 @@ import torch
 from lib.core.freeze import freeze as freeze_stages
 from lib.core.schedules import cycle_schedule, member_schedule, phase1_schedule
 from lib.data.tasks import load_task, test_loader
+from lib.ensemble.card import write_run_card
 from lib.evaluation import metrics
 from lib.evaluation.evaluate import evaluate_run, merge_metrics, run_summary, summary_lines
 from lib.evaluation.predict import predict
@@ -299,6 +300,7 @@ class Experiment:
                                    members=n, task=self.data, log=acc.print if asked else (lambda _m: None)))
         if acc.is_main_process:  # keeps keys written by later evaluations (scripts/soup.py, evaluate.py)
             merge_metrics(self.run, result, drop=("partial", "planned_members"))  # a finished run now
+            write_run_card(self.run, self.data)  # README.md (the model card) and classes.json
         if cfg.with_tracking:
             acc.log({f"test/ensemble_acc_size_{k + 1}": v for k, v in enumerate(result["ensemble_accuracy_by_size"])})
         acc.print(format_result(result))
