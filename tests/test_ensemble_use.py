@@ -235,8 +235,8 @@ def test_onnx_export_of_a_torchvision_and_a_timm_ensemble(arch, script_here, tmp
     to 1e-4 on 40 test digits (a batch size the graph was not traced with)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     r = script_here("starsse.py", "--arch", arch, "--image_size", "32", "--pretrained", "scratch", "--cpu", "--quiet",
-                    "--epochs", "1", "--cycle_epochs", "1", "--members", "2", "--cache_dir", tmp_path / "cache",
-                    "--output_dir", tmp_path / "run")
+                    "--epochs", "1", "--cycle_epochs", "1", "--members", "2", "--labels_per_class", "2",
+                    "--cache_dir", tmp_path / "cache", "--output_dir", tmp_path / "run")
     assert r.returncode == 0, r.stderr
     r = script_here("export.py", tmp_path / "run", "--out", tmp_path / "export", "--onnx")
     assert r.returncode == 0, r.stderr
@@ -278,3 +278,12 @@ def test_model_card_warns_against_the_soup_of_members_from_different_checkpoints
     assert "members come from 2 different checkpoints: do not use its soup (measured: uniform soup 10.19 % against " \
            "the ensemble's 92.31 %)" in text
     assert "| uniform soup accuracy | 10.19 | % |" in text and "tags:\n- image-classification" in text
+
+
+def test_the_docs_show_the_prediction_columns_as_the_code_defines_them():
+    from lib.ensemble.predict import COLUMNS
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                           "using-ensembles.md")) as f:
+        docs = f.read()
+    for column, meaning in COLUMNS.items():
+        assert f"| {column} | {meaning} |" in docs, column
