@@ -13,6 +13,8 @@ is the one place that writes and reads runs (RunDir, open_run, find_runs, run_la
     <output_dir>/member_<i>.resume.pt      the member in training: weights, optimizer, next epoch/step (deleted when done)
     <output_dir>/labels.npy                test labels in the order of the probabilities
     <output_dir>/metrics.json              lib.evaluation.metrics.summarize of all members (strict JSON: undefined values are null)
+    <output_dir>/classes.json, README.md   the class names and the model card, written when the run finishes
+                                           (lib/ensemble/card.py; lib.ensemble.load.load_ensemble reads the run)
     <output_dir>/.lock                     held by the run writing the directory (lib.infra.locks)
 """
 import glob
