@@ -145,6 +145,7 @@ def test_a_file_that_is_no_image_stops_before_anything_is_written_unless_skip_ba
     r = script_here("predict.py", run, "--images", root, bad, root / "notes.txt", "--skip_bad", "--out", out)
     assert r.returncode == 0, r.stderr
     assert [row.split(",")[0] for row in open(out).read().splitlines()[1:]] == paths
+    os.remove(out)
     assert "skipped 2 file(s) that are not readable images" in r.stdout
     assert str(bad) in r.stdout and str(root / "notes.txt") in r.stdout
     for args, message in ((["--images", root, "--out", tmp_path / "p.txt"], "must end in .csv or .jsonl"),
@@ -155,6 +156,13 @@ def test_a_file_that_is_no_image_stops_before_anything_is_written_unless_skip_ba
         assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
     r = script_here("predict.py", tmp_path, "--images", root)
     assert r.returncode == 2 and "not a run directory" in r.stderr
+    copy = tmp_path / "run"  # a member's weights altered after training: refused by its record's digest
+    shutil.copytree(run, copy)
+    with open(copy / "member_2.safetensors", "r+b") as f:
+        f.seek(-4, os.SEEK_END)
+        f.write(b"\1\2\3\4")
+    r = script_here("predict.py", copy, "--images", root, "--out", out)
+    assert r.returncode == 2 and "member_2.safetensors is damaged" in r.stderr and not out.exists()
 
 
 def test_predict_on_the_runs_test_set_and_an_eval_set(run, script_here, tmp_path):

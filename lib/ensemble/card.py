@@ -163,7 +163,8 @@ def model_card(info, class_names, spec, where, exported=False, onnx=None):
     title = f"{info['method']}: {what} {info['members']} {info['arch']} members"
     show = lambda v: ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
     settings = "\n".join(f"| {k} | {show(s.get(k))} |" for k in SETTINGS_SHOWN if k in s)
-    table = "\n".join(f"| {name} | {_fmt(v, unit)} | {unit or '-'} | {d} |" for _k, name, v, unit, d in rows)
+    cell = lambda text: str(text).replace("|", "\\|")  # |B| in a definition is no column break
+    table = "\n".join(f"| {name} | {_fmt(v, unit)} | {unit or '-'} | {cell(d)} |" for _k, name, v, unit, d in rows)
     transform = (f"resize to {spec['fit'][1]}x{spec['fit'][0]}" if spec.get("fit") else
                  f"resize the short side to {spec['resize']} ({spec['interpolation']}), centre crop {spec['size']}")
     columns = "\n".join(f"| {c} | {d} |" for c, d in COLUMNS.items())
