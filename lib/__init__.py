@@ -8,7 +8,8 @@
     data        the fine-tuning tasks, image sources, the GPU-side pipeline, evaluation sets
     core        the algorithms the paper names: cosine cycles, the similarity (RTD, MSE) and diversity losses,
                 frozen stages
-    evaluation  ensemble metrics, uncertainty, model soups, predictions and evaluating a saved run
+    evaluation  ensemble metrics (one registry), uncertainty, model soups, predictions, evaluating a saved run
+    ensemble    a finished run put to use: load it as one module, predict on new images, export (ONNX), the model card
     training    the training loop, an experiment's members (phase I, cycles, the cache), the embedded pre-training
     analysis    results tables and the thesis' analyses of saved runs
     cli         the command line of the training scripts, derived from the settings schema

@@ -24,25 +24,19 @@ from lib.infra.errors import check, cli_main, interrupt_quietly  # noqa: E402
 
 interrupt_quietly()  # Ctrl-C while the libraries below load: one line, not a traceback
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from scipy.special import softmax  # noqa: E402
 
 from lib.cli.parser import Parser  # noqa: E402
-from lib.data.tasks import load_task, train_loader  # noqa: E402
+from lib.data.tasks import load_task  # noqa: E402
+from lib.ensemble.card import write_run_card  # noqa: E402
+from lib.ensemble.soup import BN_BATCHES, MODES, default_bn_batches, member_states, soup_model  # noqa: E402
 from lib.evaluation import metrics, soups  # noqa: E402
 from lib.evaluation import registry as R  # noqa: E402
 from lib.evaluation.evaluate import lock_for_writing, run_settings  # noqa: E402
 from lib.evaluation.predict import predict_set  # noqa: E402
 from lib.evaluation.results import core_metrics, member_digests, write_metrics  # noqa: E402
-from lib.infra.files import load_json  # noqa: E402
-from lib.infra.seeding import seed_for  # noqa: E402
-from lib.models.backbones import build_model, stage_map  # noqa: E402
 from lib.runs.rundir import open_run  # noqa: E402
 from lib.training.loop import make_accelerator  # noqa: E402
-
-BN_BATCHES = 100    # default --bn_recalibrate for BN models: one epoch of training batches, at most this many
-BN_STREAM = 11      # seed stream of the recalibration batches: (seed, BN_STREAM)
-
 
 def soup_keys(mode, p, labels):
     return R.within(R.SOUP, {"acc": metrics.accuracy(p, labels), "nll": metrics.nll(p, labels),
@@ -53,7 +47,7 @@ def soup_keys(mode, p, labels):
 def main():
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir")
-    p.add_argument("--mode", nargs="+", choices=["uniform", "greedy"], default=["uniform"],
+    p.add_argument("--mode", nargs="+", choices=MODES, default=["uniform"],
                    help="uniform: mean of all members; greedy: Wortsman et al.'s greedy soup (needs a validation "
                         "split)")
     p.add_argument("--bn_recalibrate", type=int, default=None, metavar="N",
@@ -70,10 +64,7 @@ def main():
     n = run.completed_members()
     if n < cfg.members:
         print(f"note: {a.run_dir} is unfinished ({n} of {cfg.members} members): souping the finished ones")
-    states = [run.load_member_weights(i) for i in range(1, n + 1)]
-    num_classes = np.load(run.probs(1), mmap_mode="r").shape[-1]
-    probe = build_model(cfg.arch, num_classes, cfg.image_size)  # its stage map: which stage each tensor is in
-    soups.check_compatible(states, [load_json(run.record(i)) for i in range(1, n + 1)], stage_map(probe))
+    states = member_states(run, cfg, n, np.load(run.probs(1), mmap_mode="r").shape[-1])
     data = load_task(cfg)
     # greedy needs the validation split; asked with uniform, the uniform soup is still made
     modes = list(dict.fromkeys(a.mode))
@@ -87,20 +78,12 @@ def main():
     lock = lock_for_writing(run)  # a run still training in the directory is refused; None: read-only
     try:
         acc = make_accelerator(cfg.cpu, cfg.mixed_precision)
-        bn_loader = lambda: train_loader(data.train, cfg.batch_size, 1, 0, seed_for(cfg.seed, BN_STREAM), 0,
-                                         acc.device)
-        bn_batches = a.bn_recalibrate if a.bn_recalibrate is not None else \
-            min(BN_BATCHES, len(bn_loader())) if soups.has_batchnorm(probe) else 0
+        bn_batches = a.bn_recalibrate if a.bn_recalibrate is not None else default_bn_batches(cfg, data, acc.device)
         keep = soups.identical_bn_layers(states)
 
         def soup_probs(state, dataset, recalibrate=True):
             """A soup's probabilities on `dataset`, its BatchNorm statistics re-estimated on training batches first."""
-            model = build_model(cfg.arch, data.num_classes, cfg.image_size)
-            model.load_state_dict(state)
-            model.to(acc.device)
-            if recalibrate and bn_batches:
-                torch.manual_seed(seed_for(cfg.seed, BN_STREAM))  # the same augmented batches for every soup
-                soups.recalibrate_bn(model, soups.take_batches(bn_loader(), bn_batches), acc.device, keep)
+            model = soup_model(cfg, data, state, acc.device, bn_batches if recalibrate else 0, keep)
             logits = predict_set(acc, [model], dataset, cfg, local=True)[1][0]
             return softmax(logits.astype(np.float64), axis=-1)
 
@@ -135,6 +118,7 @@ def main():
             print(f"note: {a.run_dir} is read-only: metrics.json was not written")
         else:  # with the run's own keys, recomputed from its saved predictions
             write_metrics(run, {**core_metrics(run, n, log=lambda _m: None), **result}, member_digests(run, n))
+            write_run_card(run, data)  # the model card shows the soups' accuracy from now on
     finally:
         if lock is not None:
             lock.release()

@@ -2,7 +2,7 @@
 # The main job on the embedded default (scikit-learn digits, CPU): pre-training, then Local DE, Global DE, Standard
 # SSE, SSE, StarSSE, SSE-RTD, SSE-MSE, frozen-stage StarSSE, StarSSE-CE and StarSSE-WO with 2 runs each and a
 # from-scratch baseline, each also scored on three synthetic out-of-distribution sets, then the uniform model soup of
-# every run, then the results table. `make demo` runs it.
+# every run, then the results table, then a few predictions of one ensemble on test digits. `make demo` runs it.
 #
 # The paper's protocol at CPU size: each run r in {0, 1} fine-tunes pre-trained checkpoint r with seed r
 # (the thesis uses 2 checkpoints x 3 seeds); Global DE fine-tunes the 4 checkpoints once each.
@@ -77,4 +77,9 @@ stage report "results, then the analyses (representations, diversity structure, 
 run $PY scripts/report.py "$OUT" --out "$OUT/report" --title "Embedded default: digits, 4 labels per class, resnet_mini" \
     --ood_column permuted/entropy --ood_column noise/entropy
 [ "$ANALYSES" = 0 ] || run_sh "set -o pipefail; $(printf '%q ' $PY scripts/thesis_report.py "$OUT" --subset_size 3 --out "$OUT/thesis_report" --cpu)| tail -n 1"
+
+stage use "using an ensemble: predictions on a few test digits (scripts/predict.py; docs/using-ensembles.md)"
+use=$(for m in starsse $METHODS; do chosen "$m" && { echo "$m"; break; }; done)  # StarSSE, else the first method run
+preds="$OUT/use/preds.csv"
+run_sh "$(printf '%q ' $PY scripts/predict.py "$OUT/$use/run${RUNS%% *}" --data test --limit 8 --out "$preds")&& head -n 3 $(printf '%q' "$preds")"
 finish

@@ -131,7 +131,8 @@ def test_demo_through_slurm_gives_the_same_table_as_local(slurm, cache_dir, tmp_
     # one array job per stage, each started after the one before had ended (--dependency=afterok); the pre-training
     # stage is empty (the checkpoint exists) and is not submitted
     jobs = [line.split("\t") for line in (out / "slurm" / "demo.jobs").read_text().splitlines()]
-    assert [(name, n) for name, _, n in jobs] == [("phase1", "1"), ("methods", "2"), ("soups", "2"), ("report", "1")]
+    assert [(name, n) for name, _, n in jobs] == [("phase1", "1"), ("methods", "2"), ("soups", "2"), ("report", "1"),
+                                                  ("use", "1")]
     spans = []
     for name, job, n in jobs:
         records = slurm.jobs(job)
@@ -140,10 +141,12 @@ def test_demo_through_slurm_gives_the_same_table_as_local(slurm, cache_dir, tmp_
     assert all(spans[k][0] >= spans[k - 1][1] for k in range(1, len(spans))), spans
     methods = sorted(slurm.jobs(jobs[1][1]), key=lambda x: x["StartTime"])
     assert methods[1]["StartTime"] >= methods[0]["EndTime"]  # ARRAY_LIMIT=1: one task at a time
-    for (name, job, _), comment in zip(jobs, ["demo", "demo", "demo", "table"]):  # SBATCH_ARGS, then SBATCH_ARGS_<stage>
+    for (name, job, _), comment in zip(jobs, ["demo", "demo", "demo", "table", "demo"]):  # SBATCH_ARGS, then _<stage>
         assert all(x["TimeLimit"] == "00:10:00" and x["Comment"] == comment for x in slurm.jobs(job)), name
     states = (out / "slurm" / "demo.states").read_text()
-    assert states.count("COMPLETED, exit code 0:0") == 6
+    assert states.count("COMPLETED, exit code 0:0") == 7
+    # the last step predicted the same on both (StarSSE run 0 on 8 test digits)
+    assert (out / "use" / "preds.csv").read_text() == (tmp_path / "local" / "use" / "preds.csv").read_text()
     for name, job, n in jobs:  # a log per task
         for task in range(1, int(n) + 1):
             log = (out / "slurm" / f"demo.{name}-{job}_{task}.out").read_text()

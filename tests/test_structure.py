@@ -11,7 +11,8 @@ from conftest import REPO, run_script, settings
 from lib.infra.errors import UserError
 
 # lib's packages, lowest first: a module imports only from its own package and the packages before it
-LAYERS = ["infra", "settings", "runs", "models", "data", "core", "evaluation", "training", "analysis", "cli"]
+LAYERS = ["infra", "settings", "runs", "models", "data", "core", "evaluation", "ensemble", "training", "analysis",
+          "cli"]
 
 
 def _imports(path):

@@ -210,8 +210,8 @@ def test_precision_and_validation_switches(tmp_path):
 
 def test_demo_lists_one_line_per_run(tmp_path):
     stages = listed("demo.sh", tmp_path, PY="python")
-    assert [name for name, _ in stages] == ["pretrain", "phase1", "methods", "soups", "report"]
-    (_, pretrain), (_, phase1), (_, methods), (_, soups), (_, report) = stages
+    assert [name for name, _ in stages] == ["pretrain", "phase1", "methods", "soups", "report", "use"]
+    (_, pretrain), (_, phase1), (_, methods), (_, soups), (_, report), (_, use) = stages
     assert len(pretrain) == 4 and len(phase1) == 2 and len(methods) == 2 * 11 and len(report) == 2
     names = ("scratch", "local_de", "global_de", "standard_sse", "sse", "starsse", "sse_rtd", "sse_mse",
              "starsse_freeze", "starsse_ce", "starsse_wo")
@@ -223,12 +223,19 @@ def test_demo_lists_one_line_per_run(tmp_path):
     for cmd in phase1 + methods:
         script, flags = script_of(cmd)
         parse(flags, script)
+    # the last step: a few predictions of run 0 of StarSSE on test digits, three lines of their CSV shown
+    [use] = use
+    preds = str(tmp_path / "o" / "use" / "preds.csv")
+    assert script_of(use) == ("predict.py", [str(tmp_path / "o" / "starsse" / "run0"), "--data", "test", "--limit",
+                                             "8", "--out", preds, "&&", "head", "-n", "3", preds])
     # a subset: RUNS and METHODS (the pre-training stage then makes only the checkpoints it needs)
     stages = listed("demo.sh", tmp_path, PY="python", RUNS="1", METHODS="starsse local_de")
-    assert [len(cs) for _, cs in stages] == [1, 1, 2, 2, 2]
+    assert [len(cs) for _, cs in stages] == [1, 1, 2, 2, 2, 1]
+    assert script_of(stages[-1][1][0])[1][0] == str(tmp_path / "o" / "starsse" / "run1")
     assert stages[0][1][0][-3:] == ["1", "--cache_dir", str(tmp_path / "cache")]
     stages = listed("demo.sh", tmp_path, PY="python", RUNS="0", METHODS="scratch")
-    assert [len(cs) for _, cs in stages] == [1, 0, 1, 0, 2]  # no phase I to share, nothing to average
+    assert [len(cs) for _, cs in stages] == [1, 0, 1, 0, 2, 1]  # no phase I to share, nothing to average
+    assert script_of(stages[-1][1][0])[1][0] == str(tmp_path / "o" / "scratch" / "run0")  # the one method run
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ is the one place that writes and reads runs (RunDir, open_run, find_runs, run_la
                                            values are null), and the digests of the members it was computed from
     <output_dir>/ood/<set>/, shift/<set>/  the members' logits on each evaluation set, its spec and digests
                                            (lib.evaluation.results)
+    <output_dir>/classes.json, README.md   the class names and the model card, written when the run finishes
+                                           (lib/ensemble/card.py; lib.ensemble.load.load_ensemble reads the run)
     <output_dir>/.lock                     held by the run writing the directory (lib.infra.locks)
 """
 import glob

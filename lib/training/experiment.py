@@ -24,6 +24,7 @@ import torch
 from lib.core.freeze import freeze as freeze_stages
 from lib.core.schedules import cycle_schedule, member_schedule, phase1_schedule
 from lib.data.tasks import iterations_per_epoch, load_task, test_loader
+from lib.ensemble.card import write_run_card
 from lib.evaluation import metrics, registry
 from lib.evaluation.evaluate import evaluate_run, load_sets
 from lib.evaluation.predict import predict
@@ -345,6 +346,7 @@ class Experiment:
                               log=acc.print if asked else (lambda _m: None), predictions=sets)
         if acc.is_main_process:  # keeps later results (soups, evaluate.py's sets) computed from the same members
             write_metrics(self.run, result, member_digests(self.run, n), sets, log=acc.print)
+            write_run_card(self.run, self.data)  # README.md (the model card) and classes.json
         if cfg.with_tracking:
             acc.log({f"test/ensemble_acc_size_{k + 1}": v
                      for k, v in enumerate(result[registry.ENSEMBLE_ACCURACY_BY_SIZE.key])})
