@@ -20,7 +20,7 @@ from lib.data import tasks
 from lib.data.tasks import load_task
 from lib.ensemble.card import model_card
 from lib.ensemble.load import input_spec, load_ensemble
-from lib.evaluation import metrics
+from lib.evaluation import metrics, registry
 from lib.evaluation.evaluate import run_settings
 from lib.infra.errors import UserError
 from lib.infra.files import load_json
@@ -272,7 +272,8 @@ def test_model_card_of_a_finished_run(run):
     assert values["nll"] == pytest.approx(m["nll"], abs=1e-6) and result["dataset"]["type"] == "digits"
     for section in ("## Method and settings", "## Data", "## Metrics (test set)", "## How to use", "## Limitations"):
         assert section in text
-    assert f"| ensemble accuracy | {m['ensemble_accuracy']:.2f} | % | Accuracy (%) of the ensemble" in text
+    ens = registry.get("ensemble_accuracy")  # the card names and defines a metric as the registry does
+    assert f"| {ens.label} | {m['ensemble_accuracy']:.2f} | % | {ens.definition}" in text
     assert f'load_ensemble("{os.path.normpath(run)}")' in text and "10.19 %" in text
 
 
@@ -285,7 +286,7 @@ def test_model_card_warns_against_the_soup_of_members_from_different_checkpoints
     text = model_card(info, [str(c) for c in range(10)], input_spec(cfg), "runs/global_de")
     assert "members come from 2 different checkpoints: do not use its soup (measured: uniform soup 10.19 % against " \
            "the ensemble's 92.31 %)" in text
-    assert "| uniform soup accuracy | 10.19 | % |" in text and "tags:\n- image-classification" in text
+    assert f"| {registry.header('soup/uniform/acc')} | 10.19 | % |" in text and "tags:\n- image-classification" in text
 
 
 def test_the_docs_show_the_prediction_columns_as_the_code_defines_them():

@@ -256,3 +256,28 @@ def test_soup_and_ood_columns(tmp_path):
     assert "uniform soup" not in before and "AUROC" not in before
     with pytest.raises(UserError, match="must be SET/SCORE"):
         R.ood_key("noise")
+
+
+def test_rows_and_legends_name_only_the_settings_that_differ_short_in_plots(tmp_path):
+    """report.md rows leave unset settings out (no 'dataset_name=None'); the plots' legends abbreviate the settings
+    that differ among a method's rows, shorten paths, sit beside the axes and carry a key under them."""
+    runs = []
+    for i, (method, clr, cep, folder) in enumerate([("StarSSE", 0.1, 12, "/data/a/cifar_train_folder"),
+                                                    ("StarSSE", 0.2, 12, "/data/a/cifar_train_folder"),
+                                                    ("StarSSE", 0.1, 24, None), ("SSE", 0.1, 12, None)]):
+        cfg = {"method": method, "cycle_lr": clr, "cycle_epochs": cep, "train_dir": folder, "seed": 0}
+        met = {"members": 2, "member_accuracy": [80.0 + i, 81.0], "ensemble_accuracy_by_size": [80.0 + i, 82.0]}
+        runs.append((None, f"d{i}", cfg, met))
+    keys = R.group_keys({d: c for _l, d, c, _m in runs})
+    runs = [(R.label(c, keys[d]), d, c, m) for _l, d, c, m in runs]
+    assert [r[0] for r in runs] == ["StarSSE cycle_epochs=12 cycle_lr=0.1 train_dir=/data/a/cifar_train_folder",
+                                    "StarSSE cycle_epochs=12 cycle_lr=0.2 train_dir=/data/a/cifar_train_folder",
+                                    "StarSSE cycle_epochs=24 cycle_lr=0.1", "SSE"]
+    summary = R.summarize_groups(runs)
+    short, key_table = R.legend_labels(summary)
+    assert short[runs[0][0]] == "StarSSE ce=12 cl=0.1 td=cifar_train~" and short["SSE"] == "SSE"
+    assert short[runs[2][0]] == "StarSSE ce=24 cl=0.1"
+    assert key_table == [("ce", "cycle_epochs"), ("cl", "cycle_lr"), ("td", "train_dir")]
+    assert R._abbreviation("cycle_lr", {"cl"}) == "cl2" and R._abbreviation("momentum", set()) == "mome"
+    R.plot_curves(summary, "by_size", "ensemble test accuracy (%)", tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 10_000

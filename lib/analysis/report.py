@@ -132,8 +132,10 @@ def group_keys(configs, group_by=None):
 
 
 def label(cfg, keys):
-    """A row label: the first key's value, then key=value ('StarSSE cycle_epochs=12 cycle_lr=0.1')."""
-    return run_label({k: _value(cfg, k) for k in keys}, keys)
+    """A row label: the first key's value, then key=value for the others that are set ('StarSSE cycle_epochs=12
+    cycle_lr=0.1'); an unset (None) setting is left out, which keeps rows apart: its runs' rows name a value."""
+    values = {k: _value(cfg, k) for k in keys}
+    return run_label(values, [keys[0]] + [k for k in keys[1:] if values[k] is not None])
 
 
 def member_digests(run_dir, members):
@@ -300,6 +302,7 @@ def summarize_groups(runs, extra_keys=()):
         row["runs"] = len(mets)
         row["run_dirs"] = [d for _l, d, _c, _m in items]
         row["methods"] = sorted({str(c.get("method")) for _l, _d, c, _m in items})
+        row["config"] = items[0][2]  # the settings the row's runs share (those its label names; plots shorten it)
         row["members"] = sorted({m.get(R.MEMBERS.key) for m in mets if m.get(R.MEMBERS.key) is not None})
         for curve, key in [("by_size", R.ENSEMBLE_ACCURACY_BY_SIZE.key), ("member_acc", R.MEMBER_ACCURACY.key)]:
             n = min(len(m.get(key) or []) for m in mets)  # the curve over the sizes / members every run has
@@ -525,17 +528,62 @@ def runs_csv(path, runs):
                      for lab, d, cfg, met in runs], RUN_COLUMNS)
 
 
+def _abbreviation(key, taken):
+    """A short name for a setting: the initials of its words (cycle_lr -> cl), a short word as it is (lr, seed), a
+    longer one by its first letters; a digit is added when another setting has it already."""
+    words = key.split("_")
+    base = "".join(w[0] for w in words) if len(words) > 1 else key if len(key) <= 5 else key[:4]
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}{k}", k + 1
+    return name
+
+
+def _short_value(value, width=12):
+    """A value as a legend shows it: a path by its last part, a list joined, at most `width` characters."""
+    if isinstance(value, (list, tuple)):
+        text = "+".join(_short_value(v, width) for v in value)
+    else:
+        text = str(value)
+        if "/" in text:
+            text = text.rstrip("/").rsplit("/", 1)[-1]
+    return text if len(text) <= width else text[:width - 1] + "~"
+
+
+def legend_labels(summary):
+    """({row label: short legend label}, [(abbreviation, setting)]): each row's method, then only the settings that
+    differ among the rows of that method, abbreviated (the key explains them; report.md's rows keep full names)."""
+    configs = {lab: row.get("config") or {"method": lab} for lab, row in summary.items()}
+    keys = group_keys(configs)
+    used = sorted({k for ks in keys.values() for k in ks[1:]})
+    abbr = {}
+    for k in used:
+        abbr[k] = _abbreviation(k, set(abbr.values()))
+    short = {}
+    for lab, cfg in configs.items():
+        values = [(abbr[k], _value(cfg, k)) for k in keys[lab][1:]]
+        short[lab] = " ".join([str(cfg.get("method", lab))] + [f"{a}={_short_value(v)}" for a, v in values
+                                                                if v is not None])
+    return short, [(abbr[k], k) for k in used]
+
+
 def plot_curves(summary, key, ylabel, path):
+    """One curve per row; the legend beside the axes with short labels (legend_labels), the key under it."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
+    short, key_table = legend_labels(summary)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     for lab, row in summary.items():
         ys = row[key]
-        ax.plot(range(1, len(ys) + 1), ys, marker="o", label=f"{lab} ({row['runs']} runs)")
+        runs = f"{row['runs']} run{'s' if row['runs'] > 1 else ''}"
+        ax.plot(range(1, len(ys) + 1), ys, marker="o", label=f"{short[lab]} ({runs})")
     ax.set_xlabel("ensemble size" if key == "by_size" else "member index")
     ax.set_ylabel(ylabel)
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
+    if key_table:
+        fig.text(0.01, 0.01, "key: " + ", ".join(f"{a} = {k}" for a, k in key_table), fontsize=8, va="bottom",
+                 wrap=True)
+    fig.tight_layout(rect=(0, 0.06 if key_table else 0, 1, 1))
     fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
