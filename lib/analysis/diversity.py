@@ -165,7 +165,8 @@ def thesis_runs(configs):
 
 def analyze(run_dirs, out, group_by=("method",), matrices=2, rows=4, matrix_runs=None, row_runs=None,
             prefix="diversity", log=print):
-    """Every run with 2 members or more under `run_dirs`; writes the files and returns the markdown section.
+    """Every run with 2 members or more under `run_dirs`; writes the files and returns the markdown section. Its
+    parameters are scripts/diversity_structure.py's flags and thesis_report's choices of runs, passed through.
     The correlation and figure 6.2 are over the runs of headline_size (the thesis: 5 members); other sizes are
     reported apart. matrix_runs / row_runs: the runs of table 6.2 / figure 6.4 (default: thesis_runs among the
     headline-size runs, the first `matrices` / `rows` of them)."""

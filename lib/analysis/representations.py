@@ -269,7 +269,7 @@ def summary_table(rows, stage="avgpool"):
 def analyze(run_dirs, out, n_points=256, stages=None, group_by=("method",), color_by="auto", data_dir=None,
             device=None, batch_size=None, prefix="representations", log=print):
     """Compute (or read from the caches) every run's distances, write <out>/<prefix>.csv and the two figures;
-    returns the markdown section."""
+    returns the markdown section. Its parameters are scripts/analyze_representations.py's flags, passed through."""
     check(n_points >= 4, f"--n_points must be at least 4, got {n_points}")
     rows = []
     for d in find_runs(run_dirs):

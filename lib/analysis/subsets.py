@@ -250,7 +250,8 @@ def analyze(run_dirs, out, size=5, fix_first="auto", group_by=("method",), fract
             prefix="subsets", log=print, level=0.95, n_boot=1000):
     """Every subset of every run under `run_dirs`, the runs of one group pooled (the thesis' figure 6.1: the runs
     thesis_pools picks); writes the files and returns the markdown section. level, n_boot: the confidence band of
-    the separating line (line_band)."""
+    the separating line (line_band). Its parameters are scripts/subsets.py's flags, passed through; it reads as
+    the thesis' steps (pool the runs, every subset's statistics, the tails, the separating line, the files)."""
     check(size >= 2, f"--size must be at least 2 (diversity needs a pair), got {size}")
     rows, groups, seconds, configs = [], {}, 0.0, {}
     found = find_runs(run_dirs)

@@ -176,7 +176,8 @@ def parse(parser, method, argv=None):
     """Complete, checked, read-only settings of one run (nothing is built or written here).
 
     parser: script_parser(...); method: the method's record (lib/settings/methods.py), or a function of the settings
-    that returns it.
+    that returns it. The steps read in the order the settings are resolved: given (file, then command line), the
+    script's defaults, the dataset's, the derived cycle settings, tracking, the checks, the method and its folder.
     """
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     given, config_method = given_settings(parser, argv)

@@ -344,7 +344,8 @@ def _cifar_subset(ds, indices, transform):
 
 def load_cifar_task(kind, data_dir, augment, image_size, download=False, pipeline="torchvision", val_split=None,
                     data_config=None, auto_augment=None, reprob=0.0, test_resize=None):
-    """CIFAR-10 or CIFAR-100 from the python pickles in `data_dir`."""
+    """CIFAR-10 or CIFAR-100 from the python pickles in `data_dir`. Its parameters are the data settings of
+    lib/settings/schema.py that shape the task, given one by one so that the loader can be called without a run."""
     aug = augment_spec(augment, image_size, 32, CIFAR_STATS[kind], data_config, test_resize)
     train_tf, test_tf = torchvision_transforms(aug, auto_augment, reprob)
     train = read_cifar(kind, data_dir, True, download, train_tf)
@@ -384,7 +385,8 @@ def load_source_task(srcs, augment, image_size, pipeline, cache_dir, val_split=N
                      auto_augment=None, reprob=0.0, test_resize=None):
     """A task from lib.data.sources.TaskSources. Every image is checked once (cached); images keep their native size
     when all images of all splits share one, else they are resized to image_size x image_size when decoded for the
-    device pipeline (the torchvision pipeline's reference / model transforms take any size; --augment cifar resizes)."""
+    device pipeline (the torchvision pipeline's reference / model transforms take any size; --augment cifar resizes).
+    Its parameters are the data settings that shape the task, as load_cifar_task's."""
     parts = [s for s in (srcs.train, srcs.test, srcs.val) if s is not None]
     native = sources.shared_size(*[sources.scan(s, cache_dir) for s in parts])
     size = native or (image_size, image_size)
@@ -576,7 +578,8 @@ def load_eval_set(spec, cfg, labelled, task=None):
     Images are converted to RGB; when the run's test transform takes its images as they are (digits, --augment
     cifar), they are resized (bilinear, antialiased) to the test images' size; images of mixed sizes are resized
     to --image_size. An empty set, a set without labels asked for labels, and a labelled set whose classes differ
-    from the task's are errors."""
+    from the task's are errors. One branch per kind of set reads its images; the checks after them are shared, which
+    is why this function is longer than most."""
     kind, arg = check_eval_spec(spec)
     task = task if task is not None else load_task(cfg)
     cache_dir = _get(cfg, "cache_dir", "runs/cache")

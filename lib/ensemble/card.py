@@ -125,7 +125,8 @@ def _limits(info, m):
 def model_card(info, class_names, spec, where, exported=False, onnx=None):
     """The card's text. info: Ensemble.info (arch, method, members, soup, settings, metrics, test_samples); spec: the
     input transform (lib.ensemble.load.input_spec); where: the folder the card goes into (a run, or an export:
-    exported=True); onnx: the ONNX check of an export ({"file", "checked_on", "max_abs_diff"}) or None."""
+    exported=True); onnx: the ONNX check of an export ({"file", "checked_on", "max_abs_diff"}) or None. It is long
+    because it is the card's text, section by section, in the order the card reads."""
     s, m = info["settings"], info.get("metrics") or {}
     method = methods.get(info["method"])
     rows = metric_rows(m)

@@ -34,7 +34,7 @@ def setting(default, help, *, phase1, result=True, per_dataset=None, choices=Non
     change no result (where files go, how much is printed), which a re-run may change. many: "+" (one or more values,
     a list) or "append" (a repeatable flag). legacy: the value that reproduces runs recorded before the setting
     existed. flag: the command-line spelling when it is not --<name> (e.g. --no_sync_bn). loop: the training loop
-    reads it (LoopSettings).
+    reads it (LoopSettings). Eleven keyword parameters, as a setting has that many facts: each is one of them.
     """
     meta = dict(help=help, phase1=phase1, result=result, per_dataset=per_dataset, choices=choices, many=many,
                 legacy=legacy, flag=flag, metavar=metavar, loop=loop)

@@ -61,7 +61,8 @@ def _mlp(i, h, o):
 
 def pretrain_digits(out_path, seed=0, method="byol", epochs=None, verbose=True):
     """Pre-train a resnet_mini on the digits pool and save its backbone (no fc) to out_path (atomically).
-    verbose: a progress bar with its ETA (the 200 BYOL epochs take about a minute on two CPU cores)."""
+    verbose: a progress bar with its ETA (the 200 BYOL epochs take about a minute on two CPU cores). One function,
+    as BYOL's step is short and reads best in one place: views, online and target networks, the EMA update."""
     cfg = dict(BYOL_DEFAULTS, **({"epochs": epochs} if epochs else {}))
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
