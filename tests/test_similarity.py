@@ -122,7 +122,7 @@ def test_overlapped_rtd_step_equals_the_sequential_one(tmp_path):
     from torch.utils.data import TensorDataset
 
     from lib.settings.schema import LoopSettings
-    from lib.training.loop import fit, make_accelerator
+    from lib.training.loop import Member, Schedule, fit, make_accelerator
     torch.manual_seed(0)
     model = build_model("resnet_mini", 10)
     data = TensorDataset(torch.randn(96, 3, 16, 16), torch.randint(0, 10, (96,)))  # 96 points: the workers' path
@@ -136,9 +136,8 @@ def test_overlapped_rtd_step_equals_the_sequential_one(tmp_path):
         reg = FeatureSimilarity("rtd", 0.7, layers, rtd_variant="exact", rtd_normalize="quantile")
         reg.set_reference(model, "cpu", overlap=overlap)
         m = copy.deepcopy(current)
-        trained, history, _ = fit(acc, m, data, loop, np.array([0.1]), 1, seed=0,  # one step: the same barcodes
-                                  resume_path=str(tmp_path / f"{overlap}.pt"), loss_terms={"rtd": reg},
-                                  taps=list(layers))
+        trained, history, _ = fit(acc, m, data, loop, Schedule(np.array([0.1]), 1),  # one step: the same barcodes
+                                  Member(str(tmp_path / f"{overlap}.pt"), loss_terms={"rtd": reg}, taps=list(layers)))
         results[overlap] = (history, trained.state_dict())
     (h0, w0), (h1, w1) = results[False], results[True]
     assert [h["rtd"] for h in h0] == pytest.approx([h["rtd"] for h in h1], rel=1e-5) and h0[0]["rtd"] > 0

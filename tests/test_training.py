@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 from lib.infra.files import load_json, load_weights
 from lib.settings.schema import LoopSettings
 from lib.training.experiment import Experiment
-from lib.training.loop import fit, make_accelerator
+from lib.training.loop import Member, Schedule, fit, make_accelerator
 
 
 def _loop(**kw):
@@ -33,8 +33,8 @@ def test_fit_is_sgd_with_momentum_and_each_call_starts_with_zero_momentum(tmp_pa
         F.cross_entropy(m(x), y).backward()
         return {"weight": m.weight.grad, "bias": m.bias.grad}
 
-    model, _, iters = fit(acc, model, TensorDataset(x, y), loop, np.array([0.1, 0.05]), 2, seed=1,
-                          resume_path=str(tmp_path / "a.pt"))
+    model, _, iters = fit(acc, model, TensorDataset(x, y), loop, Schedule(np.array([0.1, 0.05]), 2),
+                          Member(str(tmp_path / "a.pt"), seed=1))
     assert iters == 1
     # by hand: buf1 = g0 + wd w0; w1 = w0 - 0.1 buf1; buf2 = 0.9 buf1 + g1 + wd w1; w2 = w1 - 0.05 buf2
     g0 = grads(w0)
@@ -47,8 +47,8 @@ def test_fit_is_sgd_with_momentum_and_each_call_starts_with_zero_momentum(tmp_pa
         assert torch.allclose(model.state_dict()[k], w2[k], atol=1e-6)
     # a new cycle: momentum is reset, so its first step is a plain gradient step
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    model, _, _ = fit(acc, model, TensorDataset(x, y), loop, np.array([0.2]), 1, seed=2,
-                      resume_path=str(tmp_path / "b.pt"))
+    model, _, _ = fit(acc, model, TensorDataset(x, y), loop, Schedule(np.array([0.2]), 1),
+                      Member(str(tmp_path / "b.pt"), seed=2))
     g = grads(start)
     for k in g:
         assert torch.allclose(model.state_dict()[k], start[k] - 0.2 * (g[k] + 0.01 * start[k]), atol=1e-6)
@@ -223,8 +223,8 @@ def test_compile_switch_trains_the_same_function(tmp_path):
         model = build_model("resnet_mini", 10)
         model.load_state_dict(start)
         loop = LoopSettings(batch_size=16, quiet=True, compile=compiled, compile_backend="eager")
-        trained, history, _ = fit(make_accelerator(cpu=True), model, TensorDataset(x, y), loop, np.full(4, 0.05), 2,
-                                  seed=0, resume_path=str(tmp_path / f"{compiled}.pt"))
+        trained, history, _ = fit(make_accelerator(cpu=True), model, TensorDataset(x, y), loop,
+                                  Schedule(np.full(4, 0.05), 2), Member(str(tmp_path / f"{compiled}.pt")))
         out[compiled] = (history, trained.state_dict())
     assert [h["loss"] for h in out[True][0]] == pytest.approx([h["loss"] for h in out[False][0]], abs=1e-6)
     assert all(torch.allclose(out[True][1][k].float(), out[False][1][k].float(), atol=1e-6) for k in start)
