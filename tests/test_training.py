@@ -165,6 +165,51 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, fresh_cache):
     assert not any(f.endswith((".resume.pt", ".tmp")) for f in os.listdir(out))
 
 
+def _stop_at_call(n):
+    """A stand-in for lib.infra.preemption.requested: a stop signal from its n-th call on (the loop asks after every
+    step, and at each epoch's end)."""
+    calls = []
+
+    def requested():
+        calls.append(1)
+        return "SIGTERM" if len(calls) >= n else None
+    return requested
+
+
+def test_a_truncated_resume_point_is_one_line_and_the_member_restarts_from_its_start(tmp_path, capsys, monkeypatch):
+    """A resume point cut short (`truncate -s 1000` after a stop) is named in one line on stderr, and the member
+    restarts from its start: it ends identical to an uninterrupted one (issue 23.4)."""
+    from lib.infra import preemption
+    from lib.infra.errors import Preempted
+    from lib.models.backbones import build_model
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(48, 3, 16, 16), torch.randint(0, 10, (48,)))
+    start = build_model("resnet_mini", 10).state_dict()
+    acc, loop, schedule = make_accelerator(cpu=True), _loop(batch_size=16), Schedule(np.full(6, 0.05), 2)
+
+    def train(path):
+        model = build_model("resnet_mini", 10)
+        model.load_state_dict(start)
+        return fit(acc, model, data, loop, schedule, Member(str(path), seed=3, desc="member 2 (cycle)"))[0]
+
+    ref = train(tmp_path / "ref.pt").state_dict()
+    point = tmp_path / "member_2.resume.pt"
+    monkeypatch.setattr(preemption, "requested", _stop_at_call(4))  # 3 steps per epoch: epoch 2, after its step 1
+    with pytest.raises(Preempted, match="stopped at epoch 2, step 1/3"):
+        train(point)
+    monkeypatch.undo()
+    assert torch.load(point, weights_only=True)["step"] == 1
+    os.truncate(point, 1000)
+    capsys.readouterr()
+    again = train(point).state_dict()
+    out, err = capsys.readouterr()
+    assert err.strip() == f"warning: member 2 (cycle): its resume point {point} is damaged (cut short, or not a " \
+                          f"resume point: RuntimeError); restarting this member from its start"
+    assert "resuming" not in out
+    assert all(torch.equal(again[k], ref[k]) for k in ref)
+    assert torch.load(point, weights_only=True)["epoch"] == 2  # the damaged file was replaced by a good one
+
+
 def test_tensorboard_logs_every_term(tmp_path, tiny, fresh_cache):
     import glob
 

@@ -394,9 +394,8 @@ class ResumePoint:
                 raise ValueError("not a resume point")
         except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as e:
             if say_damage:
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                print(f"warning: {self.desc}: its resume point {self.path} is damaged ({reason[:120]}); restarting "
-                      f"this member from its start", file=sys.stderr, flush=True)
+                print(f"warning: {self.desc}: its resume point {self.path} is damaged (cut short, or not a resume "
+                      f"point: {type(e).__name__}); restarting this member from its start", file=sys.stderr, flush=True)
             return None
         return state
 
