@@ -44,7 +44,8 @@ def main(argv=None):
 
     w1 = exp.finetune(1)                                   # phase I: model 1 (cached, shared with the core runs)
     reference = exp.model(w1) if cfg.reference == "model1" else exp.pretrained_model()
-    reg.set_reference(reference, exp.accelerator.device, cfg.rtd_overlap == "on")  # one frozen copy, in eval mode
+    reg.set_reference(reference, exp.accelerator.device, overlap=cfg.rtd_overlap == "on",
+                      pipeline=cfg.rtd_pipeline == "on")  # one frozen copy, in eval mode
     w = w1
     for i in range(2, cfg.members + 1):
         w = exp.cycle(i, init=w1 if cfg.star else w,        # SSE continues its trajectory; --star restarts from w1

@@ -11,6 +11,9 @@ watch), Batches (an epoch's batches on the device), and the Trainer's train_one_
 Loss = CE + the sum of extra loss terms; a term is a function of the step (`Step` below), so similarity and
 diversity regularisers plug in without copying the loop:
     Member(..., loss_terms={"rtd": lambda s: alpha * rtd_loss(s.features["avgpool"], ref(s.x))}, taps=["avgpool"])
+A term object may also have look_ahead(step), called once every term of the step is built and before its backward
+(to start work on the next batch: Step.peek; --rtd_pipeline), and resume_state() / load_resume_state(state), what a
+mid-epoch resume point keeps of it.
 """
 import os
 import pickle
@@ -66,6 +69,7 @@ class Step:
     model: torch.nn.Module = None
     member: int = 0
     step: int = 0  # iteration within the member (epoch * iterations per epoch + i): seeds per-step draws
+    peek: object = None  # peek() -> the input of the epoch's next batch, fetched now (None after its last batch)
 
 
 @dataclass(frozen=True)
@@ -207,11 +211,15 @@ class Trainer:
         # running sums and non-finite flags stay on the device: one synchronisation every CHECK_EVERY steps
         sums = resume["sums"].to(device) if resume else torch.zeros(len(self.names) + 2, device=device)  # +correct, n
         self.watch.start_epoch(device)
+        saved = resume.get("terms") if resume else None  # mid-epoch: {term: state} of every process
+        for name, term in member.loss_terms.items():  # what a term had pending at the stop, else nothing
+            if hasattr(term, "load_resume_state"):
+                term.load_resume_state(saved[procs.rank].get(name) if saved else None)
         batches = Batches(self.loader, skip, resume["rng"][procs.rank] if resume else None, self)
         for it in range(skip, iters):
             step = epoch * iters + it
             x, y, target = batches.take()
-            loss, ce, terms, logits = self.train_step(x, y, target, step, feats)
+            loss, ce, terms, logits = self.train_step(x, y, target, step, feats, batches.peek)
             with torch.no_grad():
                 values = torch.stack([loss.detach().float(), ce.detach().float(),
                                       *[v.detach().float() for v in terms.values()]])
@@ -238,17 +246,20 @@ class Trainer:
                 "train_acc": 100.0 * totals[-2] / totals[-1],
                 **{k: totals[i] / totals[-1] for i, k in enumerate(self.names)}}
 
-    def train_step(self, x, y, target, step, feats):
-        """One optimisation step: forward, CE + loss terms, backward (Trainer.backward), clipping, update. Returns
-        (loss, ce, terms, logits)."""
+    def train_step(self, x, y, target, step, feats, peek=None):
+        """One optimisation step: forward, CE + loss terms (then their look-ahead at the next batch, `peek`),
+        backward (Trainer.backward), clipping, update. Returns (loss, ce, terms, logits)."""
         acc, optimizer = self.accelerator, self.optimizer
         for group in optimizer.param_groups:
             group["lr"] = float(self.schedule.lrs[step])
         with acc.autocast():
             logits = self.model(x)
             ce = self.criterion(logits, target)
-            seen = Step(x, y, logits, feats, self.raw, self.member.index, step)
+            seen = Step(x, y, logits, feats, self.raw, self.member.index, step, peek)
             terms = {name: term(seen) for name, term in self.member.loss_terms.items()}
+            for term in self.member.loss_terms.values():  # after every term: a look-ahead's forward re-fills feats
+                if hasattr(term, "look_ahead"):
+                    term.look_ahead(seen)
             loss = ce + sum(v for v in terms.values() if not isinstance(v, Deferred))
         optimizer.zero_grad(set_to_none=True)
         loss = self.backward(loss, terms)
@@ -282,12 +293,14 @@ class Trainer:
         mid-epoch, every process's random state at its next batch."""
         acc = self.accelerator
         rngs = self.procs.each(rng) if step else None
+        terms = self.procs.each({name: term.resume_state() for name, term in self.member.loss_terms.items()
+                                 if hasattr(term, "resume_state")}) if step else None
         if self.procs.writer:
             self.point.save({"model": self.raw.state_dict(),  # SyncBatchNorm has BatchNorm's keys: no conversion
                              "optimizer": self.optimizer.state_dict(), "epoch": epoch, "step": step,
                              "scaler": acc.scaler.state_dict() if acc.scaler else None,
                              "history": history, "sums": None if sums is None else sums.cpu(),
-                             "seconds": seconds, "rng": rngs})
+                             "seconds": seconds, "rng": rngs, "terms": terms})
 
     def log(self, values, step):
         """Log to the trackers (--with_tracking) at the member's `step`, counted from the run's first member."""
@@ -299,27 +312,46 @@ class Batches:
     """An epoch's batches, each on the device in the loop's memory format and mixed (Mixup/CutMix), in order.
 
     A mid-epoch resume skips the batches already trained on (the same ones, as the order depends on (seed, epoch)
-    only), then restores the random state saved at the stop."""
+    only), then restores the random state saved at the stop. `peek` fetches the next batch early (a loss term's
+    look-ahead, after the step's forward): its augmentation and Mixup draws come in the same order as when it is
+    fetched at its own step, since the look-ahead's forward restores the random streams it uses."""
 
     def __init__(self, loader, skip, rng, trainer):
-        self.batches = iter(loader)
+        self.batches, self.left = iter(loader), len(loader) - skip
         for _ in range(skip):
             next(self.batches)
         if skip:
             _set_rng_state(rng)
         self.device, self.fmt, self.mix = trainer.accelerator.device, trainer.fmt, trainer.mix
+        self.ahead = None  # a peeked batch, and the random state before it was fetched
 
     def take(self):
         """The next batch: (input, labels, target of the loss)."""
+        if self.ahead is not None:
+            batch, self.ahead = self.ahead[0], None
+            return batch
+        return self._fetch()
+
+    def peek(self):
+        """The next batch's input, fetched now; None when the epoch has no next batch."""
+        if self.ahead is None:
+            if self.left == 0:
+                return None
+            rng = _rng_state()
+            self.ahead = (self._fetch(), rng)
+        return self.ahead[0][0]
+
+    def rng_state(self):
+        """The random state the next batch will be drawn from (what a mid-epoch resume point keeps)."""
+        return self.ahead[1] if self.ahead is not None else _rng_state()
+
+    def _fetch(self):
         x, y = next(self.batches)
+        self.left -= 1
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt)
         y = y.to(self.device, non_blocking=True)
         x, target = self.mix(x, y)
         return x, y, target
-
-    def rng_state(self):
-        """The random state the next batch will be drawn from (what a mid-epoch resume point keeps)."""
-        return _rng_state()
 
 
 class Processes:
