@@ -153,12 +153,10 @@ def _fit_pipelined(out):
     each process's half batch; saves this process's parameters (BatchNorm statistics are per process on the CPU),
     how many backward passes reached the first layer's
     weight, and at which steps the RTD term read look-ahead barcodes."""
-    import copy
-
     import torch
+    from test_similarity import _pipeline_case
 
     from lib.core.losses import FeatureSimilarity
-    from lib.models.backbones import build_model
     from lib.settings.schema import LoopSettings
     from lib.training.loop import Member, Schedule, fit, make_accelerator
 
@@ -172,13 +170,7 @@ def _fit_pipelined(out):
             return ahead
 
     acc = make_accelerator(cpu=True)
-    torch.manual_seed(0)
-    model1 = build_model("resnet_mini", 10)
-    start = copy.deepcopy(model1)
-    with torch.no_grad():
-        for p in start.parameters():
-            p.mul_(1 + 0.05 * torch.randn_like(p))
-    data = torch.utils.data.TensorDataset(torch.randn(384, 3, 16, 16), torch.randint(0, 10, (384,)))
+    model1, start, data = _pipeline_case(3, n=128)  # 3 global batches of 128: 64 points per process
     reg = Counting("rtd", 1.0, {"avgpool": 1.0}, rtd_variant="exact", rtd_normalize="quantile")
     reg.set_reference(model1, acc.device, pipeline=True)
     backwards = []

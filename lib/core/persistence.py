@@ -70,7 +70,7 @@ class _Worker:
     """
 
     def __init__(self):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds lib/core/
         code = f"import sys; sys.path.insert(0, {root!r}); from lib.core.persistence import serve_stdio; serve_stdio()"
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.path, self.buffer = None, np.zeros(0, np.float32)
