@@ -1,0 +1,1 @@
+"""Run directories: a run's member files, their records with digests, verification, finding runs."""
