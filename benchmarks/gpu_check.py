@@ -23,7 +23,7 @@ from _cifar_like import cifar100_files  # noqa: E402
 from lib.data.tasks import load_cifar100_task  # noqa: E402
 from lib.models.backbones import build_model  # noqa: E402
 from lib.settings.schema import LoopSettings  # noqa: E402
-from lib.training.loop import fit, make_accelerator  # noqa: E402
+from lib.training.loop import Member, Schedule, fit, make_accelerator  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--smoke", action="store_true")
@@ -77,8 +77,8 @@ def ours(epochs=2):
     torch.manual_seed(0)
     iters = -(-N // BATCH)
     t0 = time.time()
-    _, history, _ = fit(acc, build_model("resnet50", 100), task.train, loop, np.full(epochs * iters, 0.05), epochs,
-                        0, os.path.join(root, "resume.pt"))
+    _, history, _ = fit(acc, build_model("resnet50", 100), task.train, loop,
+                        Schedule(np.full(epochs * iters, 0.05), epochs), Member(os.path.join(root, "resume.pt")))
     sync()
     return N / history[-1]["seconds"], epochs * N / (time.time() - t0)
 

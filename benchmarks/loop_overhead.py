@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from lib.data.tasks import load_digits_task
 from lib.models.backbones import build_model
 from lib.settings.schema import LoopSettings
-from lib.training.loop import fit, make_accelerator
+from lib.training.loop import Member, Schedule, fit, make_accelerator
 
 EPOCHS, BATCH = 3, 32
 task = load_digits_task(60)  # 600 labelled digits: 19 steps per epoch
@@ -26,8 +26,8 @@ def ours():
     torch.manual_seed(0)
     model = build_model("resnet_mini", 10)
     iters = -(-len(task.train) // BATCH)
-    fit(acc, model, task.train, loop, np.repeat(lrs_per_epoch, iters), EPOCHS, seed=0,
-        resume_path="/tmp/ens_transfer_bench_resume.pt")
+    fit(acc, model, task.train, loop, Schedule(np.repeat(lrs_per_epoch, iters), EPOCHS),
+        Member("/tmp/ens_transfer_bench_resume.pt"))
     import os
     os.remove("/tmp/ens_transfer_bench_resume.pt")
 

@@ -15,6 +15,15 @@ Measured on the 2-core CPU machine (2026-11-29), time of a step relative to SSE'
 b256 / ResNet-50 b128 32 px: SSE-MSE x1.26 / x1.29 / x1.26; SSE-RTD x1.80 / x3.88 / x1.34, overlapped x2.47 / x5.88 /
 x2.02; SSE-RTD on stage2 x2.02 / x4.03 / x1.38, overlapped x2.41 / x5.26 / x1.57. On 2 cores the overlap is slower:
 no core is idle for the barcodes while the network's backward runs, and it pays the second backward.
+"pipelined" (--rtd_pipeline on, lib.core.losses.FeatureSimilarity): a step reads the barcodes its batch got during the
+previous step (from a forward without gradients under the previous weights) and runs one backward; each timed call
+is an epoch of --steps steps, whose first step computes its own barcodes and waits. Measured 2026-12-04 on the same
+machine (`python benchmarks/sse_rtd_step_cost.py`, 6 steps per call), time relative to SSE's for resnet_mini b16 /
+resnet_mini b256 / ResNet-50 b128 32 px: SSE-RTD x2.07 / x3.74 / x1.37, overlapped x2.28 / x5.43 / x2.13, pipelined
+x2.04 / x4.31 / x1.65; on stage2 x1.89 / x3.70 / x1.38, overlapped x2.05 / x4.84 / x1.45, pipelined x2.44 / x4.74 /
+x1.63 (the b256 rows under ~50 % foreign load; an earlier quiet run of them, `--only 0 1`: SSE-RTD x3.57, pipelined
+x4.93). The pipeline cannot gain on a CPU: the barcodes take cores from the network, and the look-ahead adds a
+forward. It is meant for a GPU, whose host cores are idle while the network runs; a GPU figure is still to be taken.
 """
 import argparse
 
@@ -54,7 +63,11 @@ def variants(arch, batch, size, classes, device="cpu", fp16=False):
              "SSE-RTD stage2, sequential":
                  FeatureSimilarity("rtd", 0.0316, {"stage2": 1.0}).set_reference(model, device),
              "SSE-RTD stage2, overlapped":
-                 FeatureSimilarity("rtd", 0.0316, {"stage2": 1.0}).set_reference(model, device, overlap=True)}
+                 FeatureSimilarity("rtd", 0.0316, {"stage2": 1.0}).set_reference(model, device, overlap=True),
+             "SSE-RTD, pipelined": FeatureSimilarity("rtd", 0.0316, {"avgpool": 1.0}).set_reference(model, device,
+                                                                                                    pipeline=True),
+             "SSE-RTD stage2, pipelined":
+                 FeatureSimilarity("rtd", 0.0316, {"stage2": 1.0}).set_reference(model, device, pipeline=True)}
     # The current model: model 1 moved a little, as a snapshot in a cycle, and kept there (lr 0: the step does all
     # the work of an SGD step but every repetition sees the same model; a random model trained on random labels
     # drifts to features on another scale).
@@ -71,21 +84,28 @@ def variants(arch, batch, size, classes, device="cpu", fp16=False):
     scaler = torch.amp.GradScaler(enabled=fp16)
 
     def step(term):
-        def run():  # as lib.training.loop.fit: a Deferred term's backward follows the CE backward
-            with taps(model, ["stage2", "avgpool"]) as feats, torch.autocast(x.device.type, torch.float16, enabled=fp16):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                value = None if term is None else term(Step(x, y, logits, feats, model))
-            opt.zero_grad()
-            if isinstance(value, Deferred):
-                scaler.scale(loss).backward(retain_graph=True)
-                with torch.autocast(x.device.type, torch.float16, enabled=fp16):
-                    value = value.result()
-                scaler.scale(value).backward()
-            else:
-                scaler.scale(loss if value is None else loss + value).backward()
-            scaler.step(opt)
-            scaler.update()
+        def run():  # STEPS steps as an epoch of lib.training.loop.fit (Trainer.train_step): a Deferred term's
+            # backward follows the CE backward; a term's look-ahead (pipelined) starts on the next batch (the same x
+            # here) before the backward, except at the epoch's last step
+            for i in range(STEPS):
+                with taps(model, ["stage2", "avgpool"]) as feats, \
+                        torch.autocast(x.device.type, torch.float16, enabled=fp16):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits, y)
+                    seen = Step(x, y, logits, feats, model, step=i, peek=lambda i=i: x if i + 1 < STEPS else None)
+                    value = None if term is None else term(seen)
+                    if term is not None:
+                        term.look_ahead(seen)
+                opt.zero_grad()
+                if isinstance(value, Deferred):
+                    scaler.scale(loss).backward(retain_graph=True)
+                    with torch.autocast(x.device.type, torch.float16, enabled=fp16):
+                        value = value.result()
+                    scaler.scale(value).backward()
+                else:
+                    scaler.scale(loss if value is None else loss + value).backward()
+                scaler.step(opt)
+                scaler.update()
             if x.device.type == "cuda":
                 torch.cuda.synchronize()
         return run
@@ -95,14 +115,17 @@ def variants(arch, batch, size, classes, device="cpu", fp16=False):
 p = argparse.ArgumentParser()
 p.add_argument("--device", default="cpu")
 p.add_argument("--drift", type=float, default=0.02, help="relative noise on model 1's weights for the current model")
+p.add_argument("--steps", type=int, default=6, help="steps per timed call: an epoch (the pipeline's first step waits)")
+p.add_argument("--only", type=int, nargs="+", help="run only these of the device's configurations (0-based)")
 a = p.parse_args()
-DEVICE, DRIFT = a.device, a.drift
+DEVICE, DRIFT, STEPS = a.device, a.drift, a.steps
 if DEVICE == "cpu":
-    configs = [("resnet_mini", 16, 16, 10, 15, False), ("resnet_mini", 256, 16, 10, 7, False),
+    configs = [("resnet_mini", 16, 16, 10, 7, False), ("resnet_mini", 256, 16, 10, 5, False),
                ("resnet50", 128, 32, 100, 3, False)]
 else:  # the paper's setting: batch 256 at 224 px
     configs = [("resnet50", 256, 224, 100, 5, True)]
+configs = [c for i, c in enumerate(configs) if a.only is None or i in a.only]
 for arch, batch, size, classes, reps, fp16 in configs:
     results = compare(variants(arch, batch, size, classes, DEVICE, fp16), reps=reps, warmup=2)
-    report(f"{arch}, batch {batch}, {size}x{size} px{', fp16' if fp16 else ''}, {DEVICE}: time per training step",
-           results, "SSE (CE only)")
+    report(f"{arch}, batch {batch}, {size}x{size} px{', fp16' if fp16 else ''}, {DEVICE}: time of {STEPS} training "
+           f"steps (an epoch)", results, "SSE (CE only)")

@@ -36,7 +36,7 @@ def one(a):
     from lib.data.device import DeviceImages
     from lib.models.backbones import build_model
     from lib.settings.schema import LoopSettings
-    from lib.training.loop import fit, make_accelerator
+    from lib.training.loop import Member, Schedule, fit, make_accelerator
     precision, compiled = VARIANTS[a.variant]
     cpu = a.device == "cpu"
     acc = make_accelerator(cpu=cpu, mixed_precision="no" if cpu and precision == "fp16" else precision)
@@ -51,7 +51,7 @@ def one(a):
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         _, history, _ = fit(acc, build_model(a.arch, 100, image_size=a.size), train, loop,
-                            np.full(2 * iters, 0.01), 2, 0, os.path.join(tmp, "resume.pt"))
+                            Schedule(np.full(2 * iters, 0.01), 2), Member(os.path.join(tmp, "resume.pt")))
     if acc.device.type == "cuda":
         torch.cuda.synchronize()
     print(json.dumps({"variant": a.variant, "steady": a.images / history[1]["seconds"],

@@ -49,15 +49,15 @@ def main(argv=None):
                             None if cfg.rtd_normalize == "none" else cfg.rtd_normalize)  # checks values first
     exp = Experiment(cfg)
 
-    overlap = cfg.rtd_overlap == "on"
+    modes = dict(overlap=cfg.rtd_overlap == "on", pipeline=cfg.rtd_pipeline == "on")
     if cfg.reference == "pretrained_phase1":  # the term from phase I on: model 1 is a cache entry of its own
-        reg.set_reference(exp.pretrained_model(), exp.accelerator.device, overlap)
+        reg.set_reference(exp.pretrained_model(), exp.accelerator.device, **modes)
         w1 = exp.finetune(1, loss_terms={cfg.similarity: reg}, taps=list(layers),
                           terms_key={k: getattr(cfg, k) for k in PHASE1_TERM_KEYS})
     else:
         w1 = exp.finetune(1)                               # phase I: model 1 (cached, shared with the core runs)
         reference = exp.model(w1) if cfg.reference == "model1" else exp.pretrained_model()
-        reg.set_reference(reference, exp.accelerator.device, overlap)  # one frozen copy, in eval mode
+        reg.set_reference(reference, exp.accelerator.device, **modes)  # one frozen copy, in eval mode
     w = w1
     for i in range(2, cfg.members + 1):
         w = exp.cycle(i, init=w1 if cfg.star else w,        # SSE continues its trajectory; --star restarts from w1

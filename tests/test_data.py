@@ -263,7 +263,6 @@ def test_drop_last_loader_and_iteration_count_agree(pipeline):
             assert len(loader) == len(sizes) == n
             assert not drop_last or set(sizes) == {batch // processes}  # only full batches
             assert drop_last or sum(sizes) == -(-23 // processes)  # every sample of the shard
-    ds.drop_last = True  # what load_task sets from --drop_last: the loader's default
-    assert len(train_loader(ds, 4, 1, 0, seed=0)) == 5
+    assert len(train_loader(ds, 4, 1, 0, seed=0, drop_last=True)) == 5 and len(train_loader(ds, 4, 1, 0, seed=0)) == 6
     with pytest.raises(UserError, match="leaves no batch"):
-        train_loader(ds, 32, 1, 0, seed=0)
+        train_loader(ds, 32, 1, 0, seed=0, drop_last=True)

@@ -29,15 +29,16 @@ def _predict_digits(out):
         np.save(out, np.concatenate([probs, np.full((len(probs), 1), acc.num_processes, np.float32)], 1))
 
 
-def _debug_launch(num_processes, out):
-    """accelerate's debug_launcher forks; run it in a fresh interpreter (forking a process whose OpenMP
-    threads are running, like pytest's after other tests, can deadlock)."""
+def _debug_launch(num_processes, out, fn="_predict_digits"):
+    """Run fn(out) (a function of this module) on `num_processes` CPU processes. accelerate's debug_launcher forks;
+    run it in a fresh interpreter (forking a process whose OpenMP threads are running, like pytest's after other
+    tests, can deadlock). Returns what _predict_digits saved."""
     code = (f"import sys; sys.path[:0] = [{REPO!r}, {os.path.join(REPO, 'tests')!r}]\n"
-            f"from accelerate import debug_launcher\nfrom test_distributed import _predict_digits\n"
-            f"debug_launcher(_predict_digits, args=({str(out)!r},), num_processes={num_processes})")
+            f"from accelerate import debug_launcher\nfrom test_distributed import {fn}\n"
+            f"debug_launcher({fn}, args=({str(out)!r},), num_processes={num_processes})")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    return np.load(out)
+    return np.load(out) if fn == "_predict_digits" else None
 
 
 def test_two_process_prediction_equals_one_process(tmp_path):
@@ -145,3 +146,47 @@ def test_ddp_sse_rtd_with_the_overlap_asked_trains_as_without_it(tmp_path, fresh
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
     assert load_json(tmp_path / "on" / "metrics.json")["ensemble_accuracy"] == \
         load_json(tmp_path / "off" / "metrics.json")["ensemble_accuracy"]
+
+
+def _fit_pipelined(out):
+    """(On each of 2 processes, by _debug_launch.) --rtd_pipeline under DDP: 3 steps of CE + RTD on the AvgPool of
+    each process's half batch; saves this process's parameters (BatchNorm statistics are per process on the CPU),
+    how many backward passes reached the first layer's
+    weight, and at which steps the RTD term read look-ahead barcodes."""
+    import torch
+    from test_similarity import _pipeline_case
+
+    from lib.core.losses import FeatureSimilarity
+    from lib.settings.schema import LoopSettings
+    from lib.training.loop import Member, Schedule, fit, make_accelerator
+
+    class Counting(FeatureSimilarity):
+        used = ()
+
+        def _take(self, step):
+            ahead = super()._take(step)
+            if step is not None:
+                self.used += (ahead is not None,)
+            return ahead
+
+    acc = make_accelerator(cpu=True)
+    model1, start, data = _pipeline_case(3, n=128)  # 3 global batches of 128: 64 points per process
+    reg = Counting("rtd", 1.0, {"avgpool": 1.0}, rtd_variant="exact", rtd_normalize="quantile")
+    reg.set_reference(model1, acc.device, pipeline=True)
+    backwards = []
+    start.conv1.weight.register_hook(lambda g: backwards.append(1))
+    trained, _, iters = fit(acc, start, data, LoopSettings(batch_size=128, quiet=True), Schedule(np.full(3, 0.3), 1),
+                            Member(f"{out}.resume.pt", loss_terms={"rtd": reg}, taps=("avgpool",)))
+    torch.save({"weights": {k: v.detach() for k, v in trained.named_parameters()}, "backwards": len(backwards), "iters": iters, "used": reg.used},
+               f"{out}.{acc.process_index}")
+
+
+def test_ddp_pipelined_rtd_keeps_one_all_reduced_backward(tmp_path):
+    """--rtd_pipeline under DDP: no deferred term, so every step runs one backward, whose gradients DDP all-reduces:
+    both processes end with the same parameters; steps 2 and 3 read the barcodes their look-ahead started."""
+    import torch
+    _debug_launch(2, tmp_path / "p", fn="_fit_pipelined")
+    a, b = (torch.load(tmp_path / f"p.{rank}", weights_only=True) for rank in (0, 1))
+    assert a["iters"] == b["iters"] == 3 and a["backwards"] == b["backwards"] == 3
+    assert a["used"] == b["used"] == (False, True, True)
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])

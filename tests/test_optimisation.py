@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from lib.settings.schema import LoopSettings
-from lib.training.loop import fit, make_accelerator, make_criterion, make_optimizer
+from lib.training.loop import Member, Schedule, fit, make_accelerator, make_criterion, make_optimizer
 
 
 def _smoothed(y, k, eps):  # one-hot targets with label smoothing: eps / k everywhere, 1 - eps more on the label
@@ -96,8 +96,8 @@ def test_gradient_clipping_bounds_the_step(tmp_path):
     g = torch.cat([p.grad.flatten() for p in m.parameters()])
     assert g.norm() > 1e-3
     loop = LoopSettings(batch_size=8, momentum=0.9, weight_decay=0.0, clip_grad=1e-3, quiet=True)
-    model, _, _ = fit(make_accelerator(cpu=True), model, TensorDataset(x, y), loop, np.array([0.1]), 1, seed=0,
-                      resume_path=str(tmp_path / "r.pt"))
+    model, _, _ = fit(make_accelerator(cpu=True), model, TensorDataset(x, y), loop, Schedule(np.array([0.1]), 1),
+                      Member(str(tmp_path / "r.pt")))
     w1 = torch.cat([p.detach().flatten() for p in model.parameters()])
     # the first SGD step is lr times the gradient rescaled to norm clip_grad
     assert torch.allclose(w1, w0 - 0.1 * g * (1e-3 / g.norm()), atol=1e-7)

@@ -222,3 +222,28 @@ def test_preempted_run_resumes_to_the_same_result(tmp_path, fresh_cache):
         assert np.array_equal(np.load(tmp_path / "ref" / f"member_{i}_probs.npy"), np.load(out / f"member_{i}_probs.npy"))
     rec = load_json(out / "member_2.json")
     assert [h["epoch"] for h in rec["history"]] == [1, 2] and rec["seconds_per_epoch"] is not None
+
+
+def test_truncated_resume_point_after_a_stop_is_one_line_and_the_run_finishes(tmp_path, fresh_cache):
+    """SIGTERM mid-cycle, then `truncate -s 1000 member_2.resume.pt`: the re-run says in one line (naming the file)
+    that the resume point is damaged, trains member 2 again from its start and finishes (exit 0, no traceback)."""
+    out = tmp_path / "t"
+    flags = ["--cpu", "--quiet", "--epochs", "2", "--cycle_epochs", "6", "--members", "2", "--cache_dir", fresh_cache(),
+             "--output_dir", out]
+    point = out / "member_2.resume.pt"
+    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "starsse.py"), *map(str, flags)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and not point.exists():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75 and point.exists(), err
+    os.truncate(point, 1000)
+    r = run_script("starsse.py", *flags)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert r.stderr.strip() == f"warning: member 2 (cycle): its resume point {point} is damaged (cut short, or not a " \
+                               f"resume point: RuntimeError); restarting this member from its start"
+    assert "member 2 (cycle): resuming" not in r.stdout
+    rec = load_json(out / "member_2.json")
+    assert [h["epoch"] for h in rec["history"]] == list(range(1, 7)) and not point.exists()

@@ -138,3 +138,17 @@ def test_bad_input():
         rtd_loss(torch.zeros(4, 4), torch.zeros(4, 4), variant="max")
     with pytest.raises(UserError, match="normalize"):
         distance_matrix(torch.zeros(4, 2), normalize="median")
+
+
+def test_worker_process_starts_from_any_folder(tmp_path):
+    """The barcode worker imports this repository's lib wherever the caller runs from (a script started from
+    another folder), and gives the barcodes computed here."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    code = (f"import sys; sys.path.insert(0, {REPO!r}); import torch; from lib.core.rtd import rtd; "
+            f"torch.manual_seed(0); a, b = torch.randn(70, 8), torch.randn(70, 8); "
+            f"print(rtd(a, b, concurrent=True) == rtd(a, b, concurrent=False))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == "True", r.stderr[-2000:]

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -122,7 +123,7 @@ def test_overlapped_rtd_step_equals_the_sequential_one(tmp_path):
     from torch.utils.data import TensorDataset
 
     from lib.settings.schema import LoopSettings
-    from lib.training.loop import fit, make_accelerator
+    from lib.training.loop import Member, Schedule, fit, make_accelerator
     torch.manual_seed(0)
     model = build_model("resnet_mini", 10)
     data = TensorDataset(torch.randn(96, 3, 16, 16), torch.randint(0, 10, (96,)))  # 96 points: the workers' path
@@ -136,9 +137,8 @@ def test_overlapped_rtd_step_equals_the_sequential_one(tmp_path):
         reg = FeatureSimilarity("rtd", 0.7, layers, rtd_variant="exact", rtd_normalize="quantile")
         reg.set_reference(model, "cpu", overlap=overlap)
         m = copy.deepcopy(current)
-        trained, history, _ = fit(acc, m, data, loop, np.array([0.1]), 1, seed=0,  # one step: the same barcodes
-                                  resume_path=str(tmp_path / f"{overlap}.pt"), loss_terms={"rtd": reg},
-                                  taps=list(layers))
+        trained, history, _ = fit(acc, m, data, loop, Schedule(np.array([0.1]), 1),  # one step: the same barcodes
+                                  Member(str(tmp_path / f"{overlap}.pt"), loss_terms={"rtd": reg}, taps=list(layers)))
         results[overlap] = (history, trained.state_dict())
     (h0, w0), (h1, w1) = results[False], results[True]
     assert [h["rtd"] for h in h0] == pytest.approx([h["rtd"] for h in h1], rel=1e-5) and h0[0]["rtd"] > 0
@@ -169,3 +169,151 @@ def test_reference_pretrained_phase1_regularises_phase_1_in_a_cache_entry_of_its
     assert not torch.equal(w1["plain"]["fc.weight"], w1["a20"]["fc.weight"])
     assert all(torch.equal(w1["a20"][k], w1["a20_again"][k]) for k in w1["a20"])
     assert load_json(tmp_path / "a20" / "config.json")["reference"] == "pretrained_phase1"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --rtd_pipeline: the bars of step t come from the barcodes of its batch under step t-1's weights
+
+PIPE_LAYERS = {"stage4": 0.5, "avgpool": 1.0}
+
+
+def _pipeline_case(batches, n=96):
+    """Model 1, a current model near it (as in a cycle) and `batches` batches of n random images (n >= 32: the
+    barcodes go to the worker processes)."""
+    import copy
+    torch.manual_seed(0)
+    model = build_model("resnet_mini", 10)
+    current = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in current.parameters():
+            p.mul_(1 + 0.05 * torch.randn_like(p))
+    data = torch.utils.data.TensorDataset(torch.randn(batches * n, 3, 16, 16), torch.randint(0, 10, (batches * n,)))
+    return model, current, data
+
+
+def _fit_rtd(model1, start, data, steps, epochs, resume_path, pipeline, lr=0.3, n=96):
+    """lib.training.loop.fit of `start` with CE + exact RTD on PIPE_LAYERS against model 1 (lr constant)."""
+    import copy
+
+    import numpy as np
+
+    from lib.settings.schema import LoopSettings
+    from lib.training.loop import Member, Schedule, fit, make_accelerator
+    reg = FeatureSimilarity("rtd", 1.0, PIPE_LAYERS, rtd_variant="exact", rtd_normalize="quantile")
+    reg.set_reference(model1, "cpu", pipeline=pipeline)
+    trained, history, _ = fit(make_accelerator(cpu=True), copy.deepcopy(start), data,
+                              LoopSettings(batch_size=n, quiet=True), Schedule(np.full(steps, lr), epochs),
+                              Member(str(resume_path), loss_terms={"rtd": reg}, taps=tuple(PIPE_LAYERS)))
+    return trained.state_dict(), history
+
+
+def test_pipelined_rtd_is_the_one_step_delayed_computation(tmp_path):
+    """--rtd_pipeline equals, bit for bit, the sequential code run with the bars delayed by hand: the loss of step t
+    reads step t's distance matrices at the edges of the barcodes of batch t under the weights before step t-1's
+    update; the first step of each epoch uses its own barcodes (the sequential step). The delay matters: the stale
+    bars differ from the fresh ones, and the pipelined member from the sequential one."""
+    import copy
+
+    from lib.core.rtd import distance_matrix, rtd_barcodes, rtd_loss
+    from lib.data.tasks import train_loader
+    model1, start, data = _pipeline_case(2)
+    piped, history = _fit_rtd(model1, start, data, 4, 2, tmp_path / "p.pt", pipeline=True)
+
+    model, ref = copy.deepcopy(start).train(), copy.deepcopy(model1).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=0.0)
+    loader = train_loader(data, 96, 1, 0, seed=0)
+
+    def distances(net, x):  # {layer: (model 1's distances, the net's distances)} of batch x (quantile-normalised)
+        with torch.no_grad(), taps(ref, list(PIPE_LAYERS)) as r:
+            ref(x)
+        with taps(net, list(PIPE_LAYERS)) as cur:
+            out = net(x)
+        return out, {k: (distance_matrix(r[k].flatten(1), "quantile"), distance_matrix(cur[k].flatten(1), "quantile"))
+                     for k in PIPE_LAYERS}
+
+    stale_differs, rtd_values = [], []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        batches, ahead = list(loader), None
+        for i, (x, y) in enumerate(batches):
+            logits, d = distances(model, x)
+            fresh = {k: rtd_barcodes(*d[k]) for k in PIPE_LAYERS}
+            if ahead is not None:
+                stale_differs.append(any(not np.array_equal(a, b) for k in PIPE_LAYERS  # edges, bars, both ways
+                                         for direction in (0, 1) for a, b in zip(ahead[k][direction], fresh[k][direction])))
+            bars = fresh if ahead is None else ahead  # the epoch's first step: its own barcodes
+            term = 1.0 * sum(w * rtd_loss(*d[k], card=50, variant="exact", barcodes=bars[k])
+                             for k, w in PIPE_LAYERS.items())
+            rtd_values.append(term.item())
+            loss = F.cross_entropy(logits, y) + term
+            ahead = None
+            if i + 1 < len(batches):  # the next batch's barcodes, under the weights before this step's update
+                with torch.no_grad():
+                    _, d_next = distances(copy.deepcopy(model), batches[i + 1][0])  # a copy: BatchNorm stats kept
+                ahead = {k: rtd_barcodes(*d_next[k]) for k in PIPE_LAYERS}
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    hand = model.state_dict()
+    assert all(torch.equal(piped[k], hand[k]) for k in hand)
+    assert [h["rtd"] for h in history] == pytest.approx([np.mean(rtd_values[:2]), np.mean(rtd_values[2:])], rel=1e-6)
+    assert stale_differs == [True, True]  # one delayed step per epoch, and its bars are not the fresh ones
+    sequential, _ = _fit_rtd(model1, start, data, 4, 2, tmp_path / "s.pt", pipeline=False)
+    assert not all(torch.equal(piped[k], sequential[k]) for k in hand)
+    # a member's first step has no previous step: the sequential step, exactly
+    one = torch.utils.data.TensorDataset(*data[:96])
+    first = [_fit_rtd(model1, start, one, 1, 1, tmp_path / f"{p}.pt", pipeline=p)[0] for p in (True, False)]
+    assert all(torch.equal(first[0][k], first[1][k]) for k in hand)
+
+
+def test_pipelined_rtd_member_resumed_mid_epoch_is_identical(tmp_path, monkeypatch):
+    """A stop in the middle of a pipelined epoch keeps the look-ahead's barcodes (and model 1's distances) in the
+    resume point; the resumed member equals the uninterrupted one bit for bit. Without them the resumed step would
+    compute its own barcodes and the member would differ."""
+    import shutil
+
+    from lib.infra import preemption
+    from lib.infra.errors import Preempted
+    model1, start, data = _pipeline_case(3)
+    whole, _ = _fit_rtd(model1, start, data, 3, 1, tmp_path / "whole.pt", pipeline=True)
+    calls = []
+    monkeypatch.setattr(preemption, "requested", lambda: "SIGTERM" if calls.append(1) or len(calls) >= 2 else None)
+    with pytest.raises(Preempted, match="step 2/3"):
+        _fit_rtd(model1, start, data, 3, 1, tmp_path / "stop.pt", pipeline=True)
+    monkeypatch.undo()
+    state = torch.load(tmp_path / "stop.pt", weights_only=True)
+    assert state["step"] == 2 and state["terms"][0]["rtd"]["step"] == 2  # the barcodes of step 3 (index 2)
+    assert set(state["terms"][0]["rtd"]["layers"]) == set(PIPE_LAYERS)
+    state["terms"] = None
+    torch.save(state, tmp_path / "forgot.pt")
+    shutil.copy(tmp_path / "stop.pt", tmp_path / "kept.pt")
+    resumed, _ = _fit_rtd(model1, start, data, 3, 1, tmp_path / "kept.pt", pipeline=True)  # a new term object
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    forgot, _ = _fit_rtd(model1, start, data, 3, 1, tmp_path / "forgot.pt", pipeline=True)
+    assert not all(torch.equal(forgot[k], whole[k]) for k in whole)
+
+
+def test_look_ahead_forward_changes_nothing():
+    """lib.models.stages.features_only (the pipeline's look-ahead): the features a training-mode forward gives
+    (BatchNorm on the batch's statistics), without gradients, with running statistics, batch counts and the random
+    streams (dropout) left as they were."""
+    import copy
+
+    from lib.models.stages import features_only
+    torch.manual_seed(0)
+    model, x = build_model("resnet_mini", 10).train(), torch.randn(8, 3, 16, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    feats = features_only(model, x, ["stage4", "avgpool"])
+    twin = copy.deepcopy(model)
+    with taps(twin, ["stage4", "avgpool"]) as f:
+        twin(x)
+    assert all(torch.equal(feats[k], f[k]) and not feats[k].requires_grad for k in f)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not torch.equal(twin.state_dict()["bn1.running_mean"], before["bn1.running_mean"])  # a forward moves them
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Dropout(0.5)).train()
+    z = torch.randn(6, 4)
+    rng = torch.get_rng_state()
+    features_only(net, z, [])
+    assert torch.equal(torch.get_rng_state(), rng) and net[1].num_batches_tracked.item() == 0
+    net(z)
+    assert not torch.equal(torch.get_rng_state(), rng) and net[1].num_batches_tracked.item() == 1

@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 from lib.infra.files import load_json, load_weights
 from lib.settings.schema import LoopSettings
 from lib.training.experiment import Experiment
-from lib.training.loop import fit, make_accelerator
+from lib.training.loop import Member, Schedule, fit, make_accelerator
 
 
 def _loop(**kw):
@@ -33,8 +33,8 @@ def test_fit_is_sgd_with_momentum_and_each_call_starts_with_zero_momentum(tmp_pa
         F.cross_entropy(m(x), y).backward()
         return {"weight": m.weight.grad, "bias": m.bias.grad}
 
-    model, _, iters = fit(acc, model, TensorDataset(x, y), loop, np.array([0.1, 0.05]), 2, seed=1,
-                          resume_path=str(tmp_path / "a.pt"))
+    model, _, iters = fit(acc, model, TensorDataset(x, y), loop, Schedule(np.array([0.1, 0.05]), 2),
+                          Member(str(tmp_path / "a.pt"), seed=1))
     assert iters == 1
     # by hand: buf1 = g0 + wd w0; w1 = w0 - 0.1 buf1; buf2 = 0.9 buf1 + g1 + wd w1; w2 = w1 - 0.05 buf2
     g0 = grads(w0)
@@ -47,8 +47,8 @@ def test_fit_is_sgd_with_momentum_and_each_call_starts_with_zero_momentum(tmp_pa
         assert torch.allclose(model.state_dict()[k], w2[k], atol=1e-6)
     # a new cycle: momentum is reset, so its first step is a plain gradient step
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    model, _, _ = fit(acc, model, TensorDataset(x, y), loop, np.array([0.2]), 1, seed=2,
-                      resume_path=str(tmp_path / "b.pt"))
+    model, _, _ = fit(acc, model, TensorDataset(x, y), loop, Schedule(np.array([0.2]), 1),
+                      Member(str(tmp_path / "b.pt"), seed=2))
     g = grads(start)
     for k in g:
         assert torch.allclose(model.state_dict()[k], start[k] - 0.2 * (g[k] + 0.01 * start[k]), atol=1e-6)
@@ -165,6 +165,51 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, fresh_cache):
     assert not any(f.endswith((".resume.pt", ".tmp")) for f in os.listdir(out))
 
 
+def _stop_at_call(n):
+    """A stand-in for lib.infra.preemption.requested: a stop signal from its n-th call on (the loop asks after every
+    step, and at each epoch's end)."""
+    calls = []
+
+    def requested():
+        calls.append(1)
+        return "SIGTERM" if len(calls) >= n else None
+    return requested
+
+
+def test_a_truncated_resume_point_is_one_line_and_the_member_restarts_from_its_start(tmp_path, capsys, monkeypatch):
+    """A resume point cut short (`truncate -s 1000` after a stop) is named in one line on stderr, and the member
+    restarts from its start: it ends identical to an uninterrupted one (issue 23.4)."""
+    from lib.infra import preemption
+    from lib.infra.errors import Preempted
+    from lib.models.backbones import build_model
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(48, 3, 16, 16), torch.randint(0, 10, (48,)))
+    start = build_model("resnet_mini", 10).state_dict()
+    acc, loop, schedule = make_accelerator(cpu=True), _loop(batch_size=16), Schedule(np.full(6, 0.05), 2)
+
+    def train(path):
+        model = build_model("resnet_mini", 10)
+        model.load_state_dict(start)
+        return fit(acc, model, data, loop, schedule, Member(str(path), seed=3, desc="member 2 (cycle)"))[0]
+
+    ref = train(tmp_path / "ref.pt").state_dict()
+    point = tmp_path / "member_2.resume.pt"
+    monkeypatch.setattr(preemption, "requested", _stop_at_call(4))  # 3 steps per epoch: epoch 2, after its step 1
+    with pytest.raises(Preempted, match="stopped at epoch 2, step 1/3"):
+        train(point)
+    monkeypatch.undo()
+    assert torch.load(point, weights_only=True)["step"] == 1
+    os.truncate(point, 1000)
+    capsys.readouterr()
+    again = train(point).state_dict()
+    out, err = capsys.readouterr()
+    assert err.strip() == f"warning: member 2 (cycle): its resume point {point} is damaged (cut short, or not a " \
+                          f"resume point: RuntimeError); restarting this member from its start"
+    assert "resuming" not in out
+    assert all(torch.equal(again[k], ref[k]) for k in ref)
+    assert torch.load(point, weights_only=True)["epoch"] == 2  # the damaged file was replaced by a good one
+
+
 def test_tensorboard_logs_every_term(tmp_path, tiny, fresh_cache):
     import glob
 
@@ -223,8 +268,8 @@ def test_compile_switch_trains_the_same_function(tmp_path):
         model = build_model("resnet_mini", 10)
         model.load_state_dict(start)
         loop = LoopSettings(batch_size=16, quiet=True, compile=compiled, compile_backend="eager")
-        trained, history, _ = fit(make_accelerator(cpu=True), model, TensorDataset(x, y), loop, np.full(4, 0.05), 2,
-                                  seed=0, resume_path=str(tmp_path / f"{compiled}.pt"))
+        trained, history, _ = fit(make_accelerator(cpu=True), model, TensorDataset(x, y), loop,
+                                  Schedule(np.full(4, 0.05), 2), Member(str(tmp_path / f"{compiled}.pt")))
         out[compiled] = (history, trained.state_dict())
     assert [h["loss"] for h in out[True][0]] == pytest.approx([h["loss"] for h in out[False][0]], abs=1e-6)
     assert all(torch.allclose(out[True][1][k].float(), out[False][1][k].float(), atol=1e-6) for k in start)
@@ -244,9 +289,9 @@ def test_drop_last_schedule_and_loader_agree_in_a_run(tmp_path, fresh_cache):
     flags = ["--cpu", "--quiet", "--epochs", "1", "--members", "1", "--batch_size", "16", "--cache_dir",
              fresh_cache(), "--output_dir", str(tmp_path / "d")]
     exp = Experiment(settings([*flags, "--drop_last"], "Fine-tune", "finetune.py"))
-    assert exp.iters == 2 and exp.data.train.drop_last and len(exp.data.train) == 40
+    assert exp.iters == 2 and exp.loop.drop_last and len(exp.data.train) == 40
     exp.finetune(1)
     assert load_json(tmp_path / "d" / "member_1.json")["history"][0]["epoch"] == 1
     exp.finish()
     plain = Experiment(settings(flags[:-1] + [str(tmp_path / "p")], "Fine-tune", "finetune.py"))
-    assert plain.iters == 3 and not plain.data.train.drop_last
+    assert plain.iters == 3 and not plain.loop.drop_last

@@ -11,11 +11,12 @@ import re
 import torch
 import torch.nn.functional as F
 
-from lib.core.rtd import NORMALIZATIONS, VARIANTS, distance_matrix, rtd_loss, rtd_loss_async
+from lib.core.rtd import (NORMALIZATIONS, VARIANTS, Barcodes, distance_matrix, rtd_barcodes_async, rtd_loss,
+                          rtd_loss_async)
 from lib.infra.errors import check
 from lib.infra.seeding import seed_for
 from lib.models.backbones import STAGE_NAME, arch_stages
-from lib.models.stages import feature_layer, taps
+from lib.models.stages import feature_layer, features_only, taps
 
 SIMILARITY_LAYERS = ["stage2", "stage3", "stage4", "stage5", "avgpool"]  # ResNets'; any model: arch_stages(arch)
 
@@ -61,7 +62,22 @@ def frozen_copy(model, device):
 
 
 class FeatureSimilarity:
-    """alpha * sum_l w_l * D(current features, model-1 features); D = differentiable RTD or MSE."""
+    """alpha * sum_l w_l * D(current features, model-1 features); D = differentiable RTD or MSE.
+
+    --rtd_pipeline (set_reference(..., pipeline=True)): the RTD term of step t reads its bars (which distance-matrix
+    entries are the birth and death edges, and which `card` bars are kept) from the barcodes of the same batch
+    computed from the features the model had one step earlier: during step t-1, once its loss terms are built and
+    before its backward, `look_ahead` runs a forward of batch t that changes nothing (lib.models.stages.features_only:
+    the weights w_{t-1} of step t-1, BatchNorm on the batch's statistics) and starts the two barcodes in worker
+    processes, which compute them while step t-1's backward and update and step t's forward run. Step t builds the
+    loss from its own differentiable distance matrices (batch t, weights w_t) at those stale edges, adds it to the CE
+    and runs one backward, waiting only if the barcodes are not ready yet. The gradient is therefore that of the
+    sequential loss with the pairing of w_{t-1} instead of w_t (a bar whose edges now read death < birth counts
+    |death - birth|). The first step of every epoch (of every member, and the first after a resume at an epoch's
+    start) has no look-ahead: it computes its own barcodes and waits, as the sequential step does. The look-ahead
+    costs one forward without gradients of the current model (model 1's forward moves to the previous step); a
+    mid-epoch resume point keeps the pending barcodes (resume_state), so a resumed member is identical.
+    """
 
     def __init__(self, similarity, alpha, layers, rtd_card=50, rtd_variant="rtd-ae", rtd_normalize="sqrt_dim",
                  reference=None):
@@ -73,12 +89,16 @@ class FeatureSimilarity:
         self.reference, self.similarity, self.alpha, self.layers = reference, similarity, alpha, dict(layers)
         self.card, self.variant, self.normalize = rtd_card, rtd_variant, rtd_normalize
         self.overlap = False  # set_reference(..., overlap=True): a Deferred RTD term
+        self.pipeline = False  # set_reference(..., pipeline=True): bars one step stale (class docstring)
+        self.ahead = None  # pipeline: (step, {layer: (reference distances, pending Barcodes)}) of the next batch
         assert all(STAGE_NAME.fullmatch(n) for n in self.layers), self.layers  # each model checks its own (taps)
 
-    def set_reference(self, model, device, overlap=False):
+    def set_reference(self, model, device, overlap=False, pipeline=False):
         """Hold a frozen copy of `model` (model 1) on `device`. overlap: compute RTD's barcodes in the background
-        while the training loop runs the cross-entropy's backward (a Deferred term; lib.training.loop.fit)."""
-        self.reference, self.overlap = frozen_copy(model, device), overlap
+        while the training loop runs the cross-entropy's backward (a Deferred term; lib.training.loop.fit).
+        pipeline: read the bars from the barcodes started one step earlier (class docstring; overlap then plays no
+        part)."""
+        self.reference, self.overlap, self.pipeline = frozen_copy(model, device), overlap, pipeline
         return self
 
     def divergence(self, cur, ref):
@@ -87,9 +107,15 @@ class FeatureSimilarity:
         return rtd_loss(*self._distances(cur, ref), card=self.card, variant=self.variant)
 
     def __call__(self, step):
-        with torch.no_grad(), taps(self.reference, list(self.layers)) as ref_feats:
-            self.reference(step.x)
-        if self.similarity == "rtd" and self.overlap:  # barcodes in the background
+        pipelined = self.similarity == "rtd" and self.pipeline
+        ahead = self._take(step.step) if pipelined else None
+        if ahead is not None:  # this batch's barcodes, started one step earlier
+            total = sum(w * rtd_loss(ahead[name][0], self._distance(step.features[name]), card=self.card,
+                                     variant=self.variant, barcodes=ahead[name][1].result())
+                        for name, w in self.layers.items())
+            return self.alpha * total
+        ref_feats = self._reference_features(step.x)
+        if self.similarity == "rtd" and self.overlap and not pipelined:  # barcodes in the background
             parts = [(w, rtd_loss_async(*self._distances(step.features[name], ref_feats[name]), card=self.card,
                                         variant=self.variant, slots=(2 * k, 2 * k + 1)))
                      for k, (name, w) in enumerate(self.layers.items())]
@@ -97,10 +123,79 @@ class FeatureSimilarity:
         total = sum(w * self.divergence(step.features[name], ref_feats[name]) for name, w in self.layers.items())
         return self.alpha * total
 
+    def look_ahead(self, step):
+        """--rtd_pipeline: start the barcodes of the epoch's next batch from its features under the current weights
+        (lib.training.loop calls this once the step's loss terms are built, before its backward)."""
+        if not (self.similarity == "rtd" and self.pipeline):
+            return
+        x = step.peek() if step.peek is not None else None
+        if x is None:  # the epoch's last step: the next epoch's first step computes its own
+            return
+        cur_feats = features_only(step.model, x, list(self.layers))
+        ref_feats = self._reference_features(x)
+        ahead = {}
+        for k, name in enumerate(self.layers):
+            dist_ref, dist_cur = self._distances(cur_feats[name], ref_feats[name])
+            ahead[name] = (dist_ref, rtd_barcodes_async(dist_ref, dist_cur, slots=(2 * k, 2 * k + 1)))
+        self.ahead = (step.step + 1, ahead)
+
+    def _take(self, step):
+        """The look-ahead's {layer: (reference distances, Barcodes)} if it was started for `step`, else None (a
+        look-ahead for another step is waited for and dropped, so its workers are free)."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is None:
+            return None
+        for _dist_ref, pending in ahead[1].values():
+            pending.result()
+        return ahead[1] if ahead[0] == step else None
+
+    def resume_state(self):
+        """What a mid-epoch resume point keeps (as tensors): the look-ahead's step, reference distances and
+        barcodes (waited for), or None."""
+        if self.ahead is None:
+            return None
+        step, ahead = self.ahead
+        layers = {}
+        for name, (dist_ref, pending) in ahead.items():
+            (e1, b1), (e2, b2) = pending.result()
+            layers[name] = {"dist_ref": dist_ref.cpu(), "edges_1": torch.from_numpy(e1), "bars_1": torch.from_numpy(b1),
+                            "edges_2": torch.from_numpy(e2), "bars_2": torch.from_numpy(b2)}
+        return {"step": step, "layers": layers}
+
+    def load_resume_state(self, state):
+        """Continue from resume_state()'s value (None: no look-ahead pending)."""
+        self._take(None)  # anything pending is waited for and dropped
+        if state is None:
+            return
+        device = next(self.reference.parameters()).device
+        self.ahead = (state["step"], {name: (part["dist_ref"].to(device), _Ready(Barcodes(
+            (part["edges_1"].numpy(), part["bars_1"].numpy()), (part["edges_2"].numpy(), part["bars_2"].numpy()))))
+            for name, part in state["layers"].items()})
+
+    def _reference_features(self, x):
+        """Model 1's features of batch x at the layers (without gradients)."""
+        with torch.no_grad(), taps(self.reference, list(self.layers)) as ref_feats:
+            self.reference(x)
+        return ref_feats
+
     def _distances(self, cur, ref):
         """(reference, current) distance matrices of two feature batches, as RTD reads them."""
         cur, ref = cur.float().flatten(1), ref.float().flatten(1)
         return distance_matrix(ref, self.normalize), distance_matrix(cur, self.normalize)
+
+    def _distance(self, cur):
+        """The current features' distance matrix, as _distances computes it."""
+        return distance_matrix(cur.float().flatten(1), self.normalize)
+
+
+class _Ready:
+    """Barcodes already computed, behind the interface of pending ones (result())."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
 
 
 # ----------------------------------------------------------------------------------------------------------------

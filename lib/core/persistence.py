@@ -70,10 +70,11 @@ class _Worker:
     """
 
     def __init__(self):
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds lib/core/
         code = f"import sys; sys.path.insert(0, {root!r}); from lib.core.persistence import serve_stdio; serve_stdio()"
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.path, self.buffer = None, np.zeros(0, np.float32)
+        self.busy = False  # a job was sent whose result was not read
         atexit.register(self.close)
 
     def alive(self):
@@ -85,13 +86,18 @@ class _Worker:
             os.ftruncate(fd, matrix.size * 4)
             os.close(fd)
             self.buffer = np.memmap(self.path, np.float32, "r+", shape=(matrix.size,))
+        if self.busy:  # a result nobody read (a step abandoned half-way, e.g. by an error): dropped, not misread
+            self.recv()
         self.buffer[: matrix.size] = matrix.ravel()
         pickle.dump((self.path, self.buffer.size, matrix.shape, n_threads), self.proc.stdin,
                     protocol=pickle.HIGHEST_PROTOCOL)
         self.proc.stdin.flush()
+        self.busy = True
 
     def recv(self):
-        return pickle.load(self.proc.stdout)
+        result = pickle.load(self.proc.stdout)
+        self.busy = False
+        return result
 
     def close(self):
         try:

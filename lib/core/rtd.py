@@ -10,6 +10,7 @@ gradients reach the distances and through them the features. Persistence comes f
 the two directions run concurrently, one in a worker process (giotto-ph holds the GIL).
 """
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ from lib.infra.errors import check
 
 NORMALIZATIONS = ("quantile", "sqrt_dim", None)
 VARIANTS = ("exact", "rtd-ae")
+
+
 def _check_cloud(x, name):
     x = torch.as_tensor(x)
     check(x.dim() == 2, f"{name} must be a (points, features) array, got shape {tuple(x.shape)}")
@@ -118,22 +121,72 @@ def barcode_threads():
     return max(1, torch.get_num_threads() // 2)
 
 
-def rtd_loss(dist_ref, dist_cur, card=50, variant="exact", concurrent=True):
-    """Differentiable symmetrised RTD loss from two (already normalised) N x N distance matrices.
+class Barcodes(NamedTuple):
+    """The H1 bars of both directions of a pair of distance matrices, each (edges (k, 4), bars (k, 2)) as
+    lib.core.persistence.h1_bars gives them: they say which matrix entries (birth and death edges) the loss reads,
+    and which bars are the `card` most persistent."""
+    ref_to_cur: tuple
+    cur_to_ref: tuple
 
-    card: keep the `card` most persistent H1 bars of each direction (None keeps all; then the "exact" variant
-    equals `rtd`). variant "rtd-ae": the published RTD-AE loss used by the thesis, in which death edges falling in
-    the lower-right block read dist_cur (the second argument) instead of the minimum, in both directions.
-    """
-    _check_matrices(dist_ref, dist_cur, card, variant)
-    dist_ref = dist_ref.to(dist_cur.dtype)
+
+def rtd_barcodes(dist_ref, dist_cur, concurrent=True):
+    """The Barcodes of two (already normalised) N x N distance matrices, the cur -> ref direction in a worker process
+    while ref -> cur is computed here (concurrent=False: both here)."""
+    _check_matrices(dist_ref, dist_cur, None, "exact")
+    return _barcodes(dist_ref.to(dist_cur.dtype), dist_cur, concurrent)
+
+
+def _barcodes(dist_ref, dist_cur, concurrent):
     # the persistence inputs are built in numpy: a torch op here would leave OpenMP threads spinning on the core
     # the worker needs
     ref, cur = _for_persistence(dist_ref), _for_persistence(dist_cur)
     threads = barcode_threads()
     pending = submit(_cross_numpy(cur, ref), concurrent, n_threads=threads)  # cur -> ref in the worker ...
-    e1, b1 = h1_bars(_cross_numpy(ref, cur), threads)  # ... while ref -> cur is computed here
-    return _loss_from_bars(dist_ref, dist_cur, (e1, b1), pending.result(), card, variant)
+    first = h1_bars(_cross_numpy(ref, cur), threads)  # ... while ref -> cur is computed here
+    return Barcodes(first, pending.result())
+
+
+class _PendingBarcodes:
+    """Barcodes being computed in two worker processes; result() waits for them (once; later calls return them)."""
+
+    def __init__(self, first, second):
+        self.handles, self.value = (first, second), None
+
+    def result(self):
+        if self.value is None:
+            self.value = Barcodes(*(h.result() for h in self.handles))
+        return self.value
+
+
+def rtd_barcodes_async(dist_ref, dist_cur, slots=(0, 1)):
+    """rtd_barcodes computed in worker processes `slots` while the caller goes on (e.g. the GPU runs a backward): a
+    handle whose result() waits for them."""
+    _check_matrices(dist_ref, dist_cur, None, "exact")
+    return _barcodes_async(dist_ref.to(dist_cur.dtype), dist_cur, slots)
+
+
+def _barcodes_async(dist_ref, dist_cur, slots):
+    ref, cur = _for_persistence(dist_ref), _for_persistence(dist_cur)
+    threads = barcode_threads()
+    return _PendingBarcodes(submit(_cross_numpy(ref, cur), True, slot=slots[0], n_threads=threads),
+                            submit(_cross_numpy(cur, ref), True, slot=slots[1], n_threads=threads))
+
+
+def rtd_loss(dist_ref, dist_cur, card=50, variant="exact", concurrent=True, barcodes=None):
+    """Differentiable symmetrised RTD loss from two (already normalised) N x N distance matrices.
+
+    card: keep the `card` most persistent H1 bars of each direction (None keeps all; then the "exact" variant
+    equals `rtd`). variant "rtd-ae": the published RTD-AE loss used by the thesis, in which death edges falling in
+    the lower-right block read dist_cur (the second argument) instead of the minimum, in both directions.
+    barcodes: read the bars (which edges, which `card` of them) from these Barcodes instead of computing those of
+    the two matrices (--rtd_pipeline: the barcodes of the same points one step earlier); a bar whose edges now read
+    death < birth counts |death - birth|.
+    """
+    _check_matrices(dist_ref, dist_cur, card, variant)
+    dist_ref = dist_ref.to(dist_cur.dtype)
+    if barcodes is None:
+        barcodes = _barcodes(dist_ref, dist_cur, concurrent)
+    return _loss_from_bars(dist_ref, dist_cur, *barcodes, card, variant)
 
 
 def rtd_loss_async(dist_ref, dist_cur, card=50, variant="exact", slots=(0, 1)):
@@ -141,11 +194,8 @@ def rtd_loss_async(dist_ref, dist_cur, card=50, variant="exact", slots=(0, 1)):
     runs the cross-entropy's backward): returns a function that waits for them and builds the same loss."""
     _check_matrices(dist_ref, dist_cur, card, variant)
     dist_ref = dist_ref.to(dist_cur.dtype)
-    ref, cur = _for_persistence(dist_ref), _for_persistence(dist_cur)
-    threads = barcode_threads()
-    first = submit(_cross_numpy(ref, cur), True, slot=slots[0], n_threads=threads)
-    second = submit(_cross_numpy(cur, ref), True, slot=slots[1], n_threads=threads)
-    return lambda: _loss_from_bars(dist_ref, dist_cur, first.result(), second.result(), card, variant)
+    pending = _barcodes_async(dist_ref, dist_cur, slots)
+    return lambda: _loss_from_bars(dist_ref, dist_cur, *pending.result(), card, variant)
 
 
 def _loss_from_bars(dist_ref, dist_cur, ref_to_cur, cur_to_ref, card, variant):

@@ -521,7 +521,6 @@ def load_task(cfg):
     identity.update({k: v for k, v in extras.items() if v is not None})
     if identity:
         task.train_key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    task.train.drop_last = bool(_get(cfg, "drop_last", False))  # how train_loader reads it (--drop_last)
     return task
 
 
@@ -777,18 +776,16 @@ def iterations_per_epoch(samples, batch_size, num_processes=1, drop_last=False):
 
 
 def train_loader(dataset, batch_size, num_processes, process_index, seed, num_workers=0, device="cpu",
-                 drop_last=None):
+                 drop_last=False):
     """A training loader whose order depends only on (seed, epoch): call `loader.sampler.set_epoch(e)` each epoch.
 
     Each process reads its own shard (DistributedSampler), so the loader is not passed through
     accelerator.prepare; `batch_size` is the global batch, split evenly over the processes. A DeviceImages
     data set gets a DeviceLoader, which yields batches already augmented on `device`. drop_last: leave out each
-    epoch's last short batch (default: the data set's `drop_last`, which load_task sets from --drop_last); its
-    length is iterations_per_epoch's.
+    epoch's last short batch (--drop_last); its length is iterations_per_epoch's.
     """
     check(batch_size % num_processes == 0,
           f"--batch_size {batch_size} must be divisible by the number of processes ({num_processes})")
-    drop_last = getattr(dataset, "drop_last", False) if drop_last is None else drop_last
     check(not drop_last or len(dataset) >= batch_size,
           f"--drop_last with {len(dataset)} training samples and --batch_size {batch_size} leaves no batch")
     if isinstance(dataset, DeviceImages):

@@ -34,7 +34,7 @@ def member_states(run, cfg, n, num_classes):
 
 def bn_loader(cfg, data, device):
     """The training batches the statistics are re-estimated on (the same augmented batches for every soup)."""
-    return train_loader(data.train, cfg.batch_size, 1, 0, seed_for(cfg.seed, BN_STREAM), 0, device)
+    return train_loader(data.train, cfg.batch_size, 1, 0, seed_for(cfg.seed, BN_STREAM), 0, device, cfg.drop_last)
 
 
 def default_bn_batches(cfg, data, device):

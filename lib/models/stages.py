@@ -6,6 +6,8 @@ stage1..stageK, pool, head.
 """
 import contextlib
 
+import torch
+
 from lib.infra.errors import check
 from lib.models.backbones import RESNET_MAP, RESNET_STAGES, check_stage, stage_map, unwrap
 
@@ -66,3 +68,23 @@ def taps(model, names):
             h.remove()
 
 
+
+
+def features_only(model, x, names):
+    """{name: output of each named stage} for input x, from a forward pass that changes nothing: no gradients,
+    BatchNorm layers in training mode normalise with the batch's statistics as in training but leave their running
+    statistics (and batch counts) as they were, and the random streams (dropout, drop path) are restored after it.
+    The features a training step's forward would give, before that step (--rtd_pipeline's look-ahead)."""
+    model = unwrap(model)
+    tracking = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training
+                and m.track_running_stats]
+    for m in tracking:  # training mode without tracking: batch statistics, no update (BatchNorm.forward's own rule)
+        m.track_running_stats = False
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), \
+                taps(model, names) as feats:
+            model(x)
+    finally:
+        for m in tracking:
+            m.track_running_stats = True
+    return feats

@@ -153,7 +153,7 @@ class Optimisation:
                                       choices=("iteration", "epoch"), phase1=True, legacy="iteration")
     drop_last: bool = setting(False, "drop each epoch's last short batch, as the reference code's Swin loader "
                               "(iterations per epoch: floor instead of ceil of samples / batch)", phase1=True,
-                              legacy=False)
+                              legacy=False, loop=True)
     clip_grad: float = setting(None, "clip the gradient norm to this value (Swin: 5)", phase1=True, legacy=None,
                                loop=True)
     label_smoothing: float = setting(0.0, "label smoothing of the cross-entropy (Swin: 0.1)", phase1=True, legacy=0.0,
@@ -268,6 +268,12 @@ class Similarity:
                                "by default: the second backward costs more than the overlap saves on a CPU "
                                "(benchmarks/sse_rtd_step_cost.py)", choices=("on", "off"), phase1=False, result=False,
                                legacy="off")
+    rtd_pipeline: str = setting("off", "RTD one step stale: a step reads its bars (which distances are birth and death "
+                                "edges) from the barcodes of its batch computed during the previous step, from the "
+                                "features under that step's weights, in worker processes; no step waits for them "
+                                "(but each epoch's first) and there is one backward, plus a forward without gradients "
+                                "per step. Changes the gradient, so results (lib.core.losses.FeatureSimilarity); "
+                                "--rtd_overlap then plays no part", choices=("on", "off"), phase1=False, legacy="off")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from lib.models.checkpoints import check_pretrained, load_pretrained, pretrained
 from lib.runs.rundir import RunDir
 from lib.settings import methods
 from lib.settings.schema import PHASE1_KEYS, LoopSettings
-from lib.training.loop import fit, make_accelerator
+from lib.training.loop import Member, Schedule, fit, make_accelerator
 from lib.training.pretrain import default_checkpoint, pretrain_digits
 
 HEAD_STREAM = 7  # seed stream of a fresh head: (seed, member, HEAD_STREAM)
@@ -214,10 +214,9 @@ class Experiment:
             if not cache.done(1):
                 model = self._init_model(checkpoint, member)
                 lrs = cycle_schedule(cfg, self.iters) if first_cycle else phase1_schedule(cfg, self.iters)
-                self._train(cache, 1, model, lrs, epochs,
-                            seed_for(cfg.seed, member), init=f"pretrained:{checkpoint}",
-                            step_offset=self._step_offset(member, finetune=True), desc=f"member {member} (fine-tune)",
-                            freeze=freeze, loss_terms=loss_terms, taps=taps)
+                self._train(cache, 1, model, Schedule(lrs, epochs), f"pretrained:{checkpoint}", freeze,
+                            seed=seed_for(cfg.seed, member), step_offset=self._step_offset(member, finetune=True),
+                            desc=f"member {member} (fine-tune)", loss_terms=loss_terms or {}, taps=taps)
             if self.writer:  # a verified copy (never a link: damage to a run must not spread to the cache)
                 record = cache.verify_member(1)
                 for kind, src in cache.member_files(1).items():
@@ -240,9 +239,10 @@ class Experiment:
             return self._load_member(member)
         if not self.mine(member):
             return None  # member-parallel: another process trains this ray
-        self._train(self.run, member, self.model(init), member_schedule(cfg, member, self.iters), cfg.cycle_epochs,
-                    seed_for(cfg.seed, member), init="given weights", loss_terms=loss_terms, taps=taps,
-                    step_offset=self._step_offset(member), desc=f"member {member} (cycle)", freeze=freeze)
+        self._train(self.run, member, self.model(init),
+                    Schedule(member_schedule(cfg, member, self.iters), cfg.cycle_epochs), "given weights", freeze,
+                    seed=seed_for(cfg.seed, member), loss_terms=loss_terms or {}, taps=tuple(taps),
+                    step_offset=self._step_offset(member), desc=f"member {member} (cycle)")
         self._check_stop(member)
         return self._load_member(member)
 
@@ -263,15 +263,16 @@ class Experiment:
         model.load_state_dict(weights)
         return model
 
-    def _train(self, run, slot, model, lrs, epochs, seed, init, step_offset, desc, freeze="none", loss_terms=None,
-               taps=()):
+    def _train(self, run, slot, model, schedule, init, freeze, **member):
+        """Train member `slot` of `run` (a run directory or a phase-I cache entry) from `model` (whose weights came
+        from `init`), with the stages before `freeze` frozen; write its files. member: the rest of
+        lib.training.loop.Member (seed, step_offset, desc, loss_terms, taps)."""
         acc = self.accelerator
         t0 = time.time()
         frozen = freeze_stages(model, freeze, self.frozen_bn)
-        model, history, _ = fit(acc, model, self.data.train, self.loop, lrs, epochs, seed, run.resume(slot),
-                                freeze=frozen, loss_terms=loss_terms, taps=taps, member=slot,
-                                step_offset=step_offset, desc=desc, local=self.parallel,
-                                num_classes=self.data.num_classes)
+        member = Member(run.resume(slot), index=slot, freeze=frozen, local=self.parallel,
+                        num_classes=self.data.num_classes, **member)
+        model, history, _ = fit(acc, model, self.data.train, self.loop, schedule, member)
         t_eval = time.time()
         probs, logits = predict(acc, model, self.test_loader, local=self.parallel, logits=True)
         arrays = {"probs": probs, "logits": logits}
@@ -281,7 +282,7 @@ class Experiment:
         if self.writer:
             epoch_seconds = [h["seconds"] for h in history]  # every epoch, across resumed segments
             run.write_member(slot, arrays, model.state_dict(), {
-                "init": init, "epochs": epochs, "lr_start": float(lrs[0]), "freeze": freeze,
+                "init": init, "epochs": schedule.epochs, "lr_start": float(schedule.lrs[0]), "freeze": freeze,
                 "frozen_bn": self.frozen_bn,
                 "seconds": float(sum(epoch_seconds)) + time.time() - t_eval,  # training (all segments) + evaluation
                 "seconds_this_segment": time.time() - t0,
