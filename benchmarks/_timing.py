@@ -47,8 +47,9 @@ def timed(fn, max_foreign=0.10, tries=5):
     return wall, foreign
 
 
-def compare(variants, reps=7, warmup=1):
-    """Time each variant `reps` times, interleaved; returns {name: (median seconds, max foreign share)}."""
+def compare(variants, reps=7, warmup=1, max_foreign=0.10):
+    """Time each variant `reps` times, interleaved; returns {name: (median seconds, max foreign share)}.
+    max_foreign=1 never repeats a call (a dedicated GPU machine, where a retry only costs lent time)."""
     for fn in variants.values():
         for _ in range(warmup):
             fn()
@@ -56,7 +57,7 @@ def compare(variants, reps=7, warmup=1):
     foreign = {name: 0.0 for name in variants}
     for _ in range(reps):
         for name, fn in variants.items():
-            t, f = timed(fn)
+            t, f = timed(fn, max_foreign)
             times[name].append(t)
             foreign[name] = max(foreign[name], f)
     return {name: (statistics.median(times[name]), foreign[name]) for name in variants}

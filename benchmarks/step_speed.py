@@ -68,6 +68,7 @@ def main():
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--images", type=int, default=12800, help="images per epoch")
     p.add_argument("--smoke", action="store_true", help="CPU, resnet_mini, 16 px, 64 images")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="run only these")
     p.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.smoke:
@@ -77,8 +78,8 @@ def main():
     if a.device == "cuda":
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}: {a.arch}, {a.size} px, batch {a.batch}, "
               f"{a.images} images per epoch, device pipeline, channels_last", flush=True)
-    results = {}
-    for name in VARIANTS:
+    results, failed = {}, False
+    for name in a.variants:
         if a.smoke and "bf16" in name:
             continue  # bf16 is emulated on this CPU: tens of times slower, no information
         cmd = [sys.executable, __file__, "--device", a.device, "--arch", a.arch, "--size", str(a.size), "--batch",
@@ -87,6 +88,7 @@ def main():
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("{")), None)
         if r.returncode != 0 or line is None:
             print(f"  {name:14s} FAILED: {(r.stderr.strip().splitlines() or ['?'])[-1]}", flush=True)
+            failed = True
             continue
         results[name] = json.loads(line)
         res = results[name]
@@ -97,7 +99,8 @@ def main():
         for name, res in results.items():
             print(f"  {name:14s} x{res['steady'] / base['steady']:.2f} steady, x{res['overall'] / base['overall']:.2f} "
                   f"with compile time (vs eager fp16)")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
