@@ -1,10 +1,12 @@
-# Two commands: `make demo` (the main job on the embedded default) and `make test`.
-# Both create or update the virtual environment from requirements.txt first.
+# Two commands: `make demo` (the main job on the embedded default) and `make test` (`make test-fast`: the tier
+# for the edit-test loop, without the tests marked slow). All create or update the virtual environment first.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# pytest-xdist workers: two let the Slurm tests (mostly waiting) overlap the rest; more only share the same cores
+TEST_WORKERS ?= 2
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-fast clean
 
 setup: $(VENV)/.installed
 
@@ -17,7 +19,10 @@ demo: setup
 	PY=$(PY) bash sweeps/demo.sh
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+
+test-fast: setup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow" tests
 
 clean:
 	rm -rf runs

@@ -1,28 +1,136 @@
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.environ.get("PYTEST_XDIST_WORKER"):  # before torch is imported: `make test`'s workers share the cores
+    # (OpenMP threads beyond the cores spin and slow every worker down); the scripts the tests start inherit it
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1)
+                                                     // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
 sys.path.insert(0, REPO)
 PY = sys.executable
 ACCELERATE = os.path.join(os.path.dirname(PY), "accelerate")
 
 
-def run_script(script, *args, env=None, cwd=REPO):
-    """Run scripts/<script> in a fresh process; returns CompletedProcess with text output."""
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([PY, os.path.join(REPO, "scripts", script), *map(str, args)], capture_output=True,
-                          text=True, env=full_env, cwd=cwd, timeout=600)
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: launches processes or trains whole runs; `make test-fast` leaves it out")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The Slurm tests first: under `make test` (pytest-xdist, 2 workers, --dist loadgroup) they run on one worker,
+    mostly waiting for the scheduler on one thread, while the other worker takes the rest of the suite."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("xdist_group") else 1)  # stable: the rest keep order
+
+
+def needs_root(what):
+    """Skip a test, with one line saying what it needs, unless run as root (CI runs as root: there, all run)."""
+    return pytest.mark.skipif(os.geteuid() != 0, reason=f"needs root: {what}")
+
+
+def run_script(script, *args, env=None, cwd=REPO, fresh=False):
+    """Run scripts/<script> as `python scripts/<script> args` would; returns a CompletedProcess with text output.
+
+    In this process (the same main(), exit status and output, without the ~5 s a fresh interpreter spends importing
+    torch), unless `env` is given or fresh=True: then in a fresh process, for what only a process has (its own
+    environment variables read at import, thread count, signals from outside, a launcher)."""
+    if env is not None or fresh:
+        return subprocess.run([PY, os.path.join(REPO, "scripts", script), *map(str, args)], capture_output=True,
+                              text=True, env=dict(os.environ, **(env or {})), cwd=cwd, timeout=600)
+    return _run_in_process(os.path.join(REPO, "scripts", script), [str(a) for a in args], cwd)
+
+
+def _run_in_process(path, args, cwd):
+    """runpy under the script's argv, folder and streams; everything a script may change in the process (working
+    folder, environment, signal handlers, warning filters, sys.path, torch's threads, accelerate's singletons, the
+    preemption flag) is put back afterwards, so that the next script starts as a fresh interpreter would."""
+    import contextlib
+    import io
+    import runpy
+    import signal
+    import traceback
+    import warnings
+
+    import torch
+    from accelerate.state import AcceleratorState, GradientState
+
+    from lib.infra import preemption
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(argv=sys.argv, path=list(sys.path), cwd=os.getcwd(), environ=dict(os.environ),
+                 threads=torch.get_num_threads(),
+                 handlers={s: signal.getsignal(s) for s in (signal.SIGINT, *preemption.SIGNALS)})
+    code = 0
+    AcceleratorState._reset_state(True)  # a test may have made an Accelerator of other settings in this process
+    try:
+        sys.argv = [path, *args]
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            _interpreter_warning_filters()  # a fresh interpreter's, not pytest's
+            warnings.showwarning = lambda m, c, f, n, file=None, line=None: err.write(
+                warnings.formatwarning(m, c, f, n, line))
+            try:
+                runpy.run_path(path, run_name="__main__")
+            except SystemExit as e:
+                if isinstance(e.code, str):  # sys.exit("message"): the interpreter prints it, status 1
+                    print(e.code, file=sys.stderr)
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:  # an uncaught exception: a traceback and status 1, as python prints it
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.argv, sys.path[:] = saved["argv"], saved["path"]
+        os.chdir(saved["cwd"])
+        os.environ.clear()
+        os.environ.update(saved["environ"])
+        torch.set_num_threads(saved["threads"])
+        for s, h in saved["handlers"].items():
+            signal.signal(s, h)
+        preemption._requested.clear()
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+    return subprocess.CompletedProcess([PY, path, *args], code, out.getvalue(), err.getvalue())
+
+
+def tb_lrs(folder):
+    """The learning rate at every iteration, [(step, lr)], from the TensorBoard event files of a run folder, over all
+    of them (a run writes one per start of its tracker: per process start, per requeue)."""
+    import glob
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    found = {}
+    for f in sorted(glob.glob(os.path.join(folder, "tensorboard", "**", "events*"), recursive=True)):
+        ea = EventAccumulator(f)
+        ea.Reload()
+        if "train/lr" in ea.Tags()["scalars"]:
+            found.update({e.step: round(e.value, 8) for e in ea.Scalars("train/lr")})  # float32 -> 0.02
+    return sorted(found.items())
+
+
+def signalled_at_start(script, sig, *args):
+    """Run scripts/<script> in a fresh process that sends itself `sig` right after the script's interrupt_quietly()
+    has installed its handlers, while the heavy libraries are still to be imported: the window a Ctrl-C or a
+    scheduler's stop signal hits at start-up, reached every time (a sleep before the signal depends on the load)."""
+    path = os.path.join(REPO, "scripts", script)
+    code = (f"import os, runpy, sys; sys.path.insert(0, {REPO!r}); from lib.infra import errors; "
+            f"real = errors.interrupt_quietly; "
+            f"errors.interrupt_quietly = lambda: (real(), os.kill(os.getpid(), {int(sig)})); "
+            f"sys.argv = {[path, *map(str, args)]!r}; runpy.run_path({path!r}, run_name='__main__')")
+    return subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def _interpreter_warning_filters():
+    """The warning filters `python script.py` starts with (Python's defaults, no -W)."""
+    import warnings
+    warnings.resetwarnings()
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+        warnings.simplefilter("ignore", category)
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
 
 
 def run_scripts(calls, env=None):
-    """run_script for each (script, *args) of `calls`, two processes at a time (each mostly waits for its imports:
-    bad-input tests fail before training); the results in the order of `calls`."""
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(lambda call: run_script(*call, env=env), calls))
+    """run_script for each (script, *args) of `calls`; the results in the order of `calls`."""
+    return [run_script(*call, env=env) for call in calls]
 
 
 @pytest.fixture(scope="session")
@@ -35,15 +143,32 @@ def cache_dir(tmp_path_factory):
     return str(cache)
 
 
+def copy_pretrained(cache_dir, dest):
+    """A new cache dir `dest` holding only cache_dir's pre-trained checkpoints (no cached fine-tunes)."""
+    import shutil
+    shutil.copytree(os.path.join(cache_dir, "pretrained"), os.path.join(dest, "pretrained"))
+    return str(dest)
+
+
 @pytest.fixture
 def fresh_cache(cache_dir, tmp_path):
     """A new cache dir holding only the pre-trained checkpoints (no cached fine-tunes)."""
-    def make(name="cache"):
-        import shutil
-        d = tmp_path / name
-        shutil.copytree(os.path.join(cache_dir, "pretrained"), d / "pretrained")
-        return str(d)
-    return make
+    return lambda name="cache": copy_pretrained(cache_dir, tmp_path / name)
+
+
+# A StarSSE of 2 members on 120 digits (8 steps an epoch), for the tests that stop a run (kill -9, SIGTERM) at each
+# new resume point and check that re-running ends identical to one uninterrupted run
+INTERRUPTED = ["--cpu", "--quiet", "--epochs", "3", "--cycle_epochs", "2", "--members", "2", "--labels_per_class", "12"]
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(cache_dir, tmp_path_factory):
+    """The run of INTERRUPTED flags, never stopped (its own cache): the folder every interrupted run must equal."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    r = run_script("starsse.py", *INTERRUPTED, "--cache_dir", copy_pretrained(cache_dir, root / "cache"),
+                   "--output_dir", root / "run")
+    assert r.returncode == 0, r.stderr
+    return root / "run"
 
 
 @pytest.fixture
@@ -73,20 +198,6 @@ def parse(flags, script=None):
 
 
 @pytest.fixture
-def script_here(capsys, monkeypatch):
-    """Run scripts/<name> in this process, as `python scripts/<name> args` would (the same main(), its exit status and
-    output), without the seconds a fresh interpreter spends importing torch; returns a subprocess.CompletedProcess."""
-    import runpy
-
-    def call(name, *args):
-        path = os.path.join(REPO, "scripts", name)
-        monkeypatch.setattr(sys, "argv", [path, *map(str, args)])
-        capsys.readouterr()
-        code = 0
-        try:
-            runpy.run_path(path, run_name="__main__")
-        except SystemExit as e:
-            code = e.code or 0
-        out, err = capsys.readouterr()
-        return subprocess.CompletedProcess([path, *args], code, out, err)
-    return call
+def script_here():
+    """run_script in this process (kept as a fixture for the tests that name it)."""
+    return lambda name, *args: _run_in_process(os.path.join(REPO, "scripts", name), [str(a) for a in args], REPO)

@@ -7,7 +7,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -70,14 +69,17 @@ def test_subset_statistics_match_a_direct_loop(fix_first):
     assert np.array_equal(one, st["ensemble_accuracy"])
 
 
-def test_every_subset_of_a_15_member_cifar_sized_run_in_seconds():
+def test_every_subset_of_a_15_member_cifar_sized_run():
+    """All 3003 subsets of 5 of 15 members on 10,000 CIFAR-sized predictions (vectorised, chunked: about 0.2 s here,
+    a loop over lib.evaluation.metrics ~21 s) give what lib.evaluation.metrics gives subset by subset."""
     probs, labels = S.synthetic_probs(15, 10000, 100)
-    t0 = time.time()
     st = S.subset_stats(probs, labels, 5)
-    seconds = time.time() - t0
-    assert len(st["idx"]) == 3003 and seconds < 15, seconds  # about 0.2 s here; a loop over lib.evaluation.metrics: ~21 s
-    for r in (0, 1500, 3002):
-        assert st["ensemble_accuracy"][r] == metrics.ensemble_accuracy(probs[st["idx"][r]], labels)
+    assert len(st["idx"]) == 3003
+    for r in (0, 1, 777, 1500, 3002):
+        sub = probs[list(st["idx"][r])]
+        assert st["ensemble_accuracy"][r] == metrics.ensemble_accuracy(sub, labels)
+        assert st["avg_accuracy"][r] == pytest.approx(metrics.member_accuracy(sub, labels).mean(), abs=1e-12)
+        assert st["diversity"][r] == pytest.approx(metrics.diversity(sub, labels), abs=1e-12)
     assert len(S.subset_indices(15, 5, fix_first=True)) == 1001
 
 
@@ -158,6 +160,7 @@ def tiny_run(tmp_path_factory):
     return str(root), exp.run.path
 
 
+@pytest.mark.slow
 def test_representations_end_to_end_with_cache(tiny_run):
     root, run = tiny_run
     out = os.path.join(root, "repr")
@@ -202,6 +205,7 @@ def test_representations_end_to_end_with_cache(tiny_run):
     assert "member 1 computed" in r.stdout and load_json(cache[0])["n_points"] == 24
 
 
+@pytest.mark.slow
 def test_diversity_subsets_and_thesis_report(tiny_run):
     root, run = tiny_run
     out = os.path.join(root, "div")

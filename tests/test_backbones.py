@@ -157,6 +157,7 @@ def test_freeze_at_every_stage_of_every_family(built):
             frz.verify(model)
 
 
+@pytest.mark.slow
 def test_list_stages_numbers(tmp_path):
     """--list_stages: ResNet-50's thesis fractions (and timm's ResNet-50, the same parameters); Swin-T's stage
     outputs at 224 px (NHWC: 56x56x96 ... 7x7x768) and parameter shares summed from timm's own modules."""
@@ -269,6 +270,7 @@ def _fake_hf_cache(root, repo, state):
     return folder / "snapshots" / commit / "model.safetensors"
 
 
+@pytest.mark.slow
 def test_pretrained_timm_from_the_local_cache_and_the_offline_error(tmp_path, monkeypatch):
     torch.manual_seed(0)
     src = timm.create_model("test_vit", num_classes=1000)
@@ -371,6 +373,7 @@ def test_sync_batchnorm_keeps_timm_norm_act(built):
         assert torch.equal(model(x), plain)
 
 
+@pytest.mark.slow
 def test_frozen_convnext_starsse_member_parallel_on_the_device_pipeline(tmp_path):
     """StarSSE end to end on a timm ConvNeXt: 2 processes training different rays, the device data pipeline, cycles
     with stage1..stage2 frozen; then the representation analysis of the run (every stage of the model)."""
@@ -408,6 +411,7 @@ def test_frozen_convnext_starsse_member_parallel_on_the_device_pipeline(tmp_path
     assert res[2]["features"]["pool"]["mse"] == pytest.approx(((pooled[0] - pooled[1]) ** 2).mean().item(), rel=1e-4)
 
 
+@pytest.mark.slow
 def test_frozen_vit_starsse(tmp_path):
     """StarSSE end to end on a timm ViT at 32 px, cycles with the embeddings and blocks 0-2 frozen."""
     r = run_script("starsse.py", "--arch", "timm/test_vit", "--image_size", str(SIZE), "--pretrained", "scratch",
@@ -420,6 +424,7 @@ def test_frozen_vit_starsse(tmp_path):
     assert load_json(tmp_path / "vit" / "metrics.json")["method"] == "StarSSE (freeze stage4)"
 
 
+@pytest.mark.slow
 def test_sse_rtd_on_a_torchvision_model_taps_pool_and_a_middle_stage(tmp_path):
     """SSE-RTD end to end on torchvision's MobileNetV3 (device data pipeline), the term on pool and stage3; then
     the representation analysis of the run."""

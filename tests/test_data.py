@@ -11,6 +11,8 @@ import torchvision.transforms as T
 
 from lib.data.device import DeviceImages
 from lib.data.tasks import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -25,6 +27,8 @@ from lib.data.tasks import (
     torchvision_transforms,
 )
 from lib.infra.errors import UserError
+
+CIFAR100_STATS = (CIFAR100_MEAN, CIFAR100_STD)
 
 
 def write_tiny_cifar100(root, n_train=12, n_test=6):
@@ -64,9 +68,27 @@ def test_cifar100_reference_augmentation_reads_the_real_format(tmp_path):
 
 
 def test_cifar_style_augmentation_and_folder_forms(tmp_path):
+    """--augment cifar on 32x32 images: training = a 32x32 window of the image zero-padded by 4 px, flipped or not,
+    normalised with CIFAR-100's statistics; test = the image normalised. Each draw, on fixed seeds, is checked against
+    all 9 x 9 x 2 candidates of that formula, and the draws cover both flips and several shifts."""
     write_tiny_cifar100(str(tmp_path))
     task = load_cifar100_task(str(tmp_path / "cifar-100-python"), "cifar", image_size=224)  # the folder itself works
-    assert task.train[0][0].shape == (3, 32, 32) and task.test[0][0].shape == (3, 32, 32)
+    img = torch.from_numpy(task.train.data[0]).permute(2, 0, 1).float() / 255  # (3, 32, 32) in [0, 1]
+    mean, std = (torch.tensor(v)[:, None, None] for v in CIFAR100_STATS)
+    padded = F.pad(img, (4, 4, 4, 4))
+    candidates = {(i, j, flip): (w.flip(-1) if flip else w) for i in range(9) for j in range(9) for flip in (0, 1)
+                  for w in [padded[:, i:i + 32, j:j + 32]]}
+    seen = set()
+    for seed in range(40):
+        torch.manual_seed(seed)
+        x = task.train[0][0]
+        assert x.shape == (3, 32, 32)
+        match = [k for k, w in candidates.items() if torch.allclose(x, (w - mean) / std, atol=1e-5)]
+        assert match, seed  # some shift and flip of the padded image, normalised
+        seen.add(match[0])
+    assert {k[2] for k in seen} == {0, 1} and len({k[:2] for k in seen}) >= 10, seen
+    assert torch.allclose(task.test[0][0], (torch.from_numpy(task.test.data[0]).permute(2, 0, 1) / 255 - mean) / std,
+                          atol=1e-5)
 
 
 def test_cifar100_missing_data_is_one_clear_error(tmp_path):

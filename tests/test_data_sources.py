@@ -284,6 +284,7 @@ def test_unknown_dataset_is_refused_by_the_parser(capsys):
         "imagefolder)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_offline_hub_id_is_one_line_and_nothing_is_written(tmp_path):
     out = tmp_path / "run"
     r = run_script("starsse.py", "--dataset", "hf", "--dataset_name", "some/id", "--arch", "resnet_mini",
@@ -302,6 +303,7 @@ TINY = ["--arch", "resnet_mini", "--pretrained", "scratch", "--epochs", "1", "--
         "--batch_size", "8", "--image_size", "16", "--num_workers", "0", "--cpu", "--quiet"]
 
 
+@pytest.mark.slow
 def test_starsse_on_an_image_folder_with_a_validation_split(roots, tmp_path):
     out = tmp_path / "run"
     r = run_script("starsse.py", "--dataset", "imagefolder", "--train_dir", roots["train"], "--test_dir",
@@ -315,6 +317,7 @@ def test_starsse_on_an_image_folder_with_a_validation_split(roots, tmp_path):
     assert np.load(out / "member_2_probs.npy").shape == (12, 3)
 
 
+@pytest.mark.slow
 def test_starsse_on_save_to_disk_and_parquet_gives_the_same_members(roots, tmp_path):
     """The same images through a save_to_disk folder and Parquet files (device pipeline, separate caches): the same
     decoded tensors, hence bit-identical members."""

@@ -8,9 +8,12 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import ACCELERATE, REPO, settings
+import pytest
+from conftest import ACCELERATE, REPO, copy_pretrained, settings, tb_lrs
 
 from lib.infra.files import load_json
+
+pytestmark = pytest.mark.slow
 
 
 def _predict_digits(out):
@@ -42,8 +45,12 @@ def _debug_launch(num_processes, out, fn="_predict_digits"):
 
 
 def test_two_process_prediction_equals_one_process(tmp_path):
+    from accelerate.state import AcceleratorState
     two = _debug_launch(2, tmp_path / "two.npy")
-    one = _debug_launch(1, tmp_path / "one.npy")
+    AcceleratorState._reset_state(True)  # one process: this one
+    _predict_digits(tmp_path / "one.npy")
+    AcceleratorState._reset_state(True)
+    one = np.load(tmp_path / "one.npy")
     assert two[0, -1] == 2 and one[0, -1] == 1
     assert two.shape == one.shape == (540, 11)  # each test sample exactly once, in order
     assert np.allclose(two[:, :10], one[:, :10], atol=1e-6)
@@ -106,46 +113,45 @@ def test_member_parallel_is_refused_where_members_depend_on_earlier_ones(tmp_pat
         assert not (tmp_path / "o").exists()
 
 
-def _tb_lrs(folder):
-    import glob
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    for f in glob.glob(os.path.join(folder, "tensorboard", "**", "events*"), recursive=True):
-        ea = EventAccumulator(f)
-        ea.Reload()
-        if "train/lr" in ea.Tags()["scalars"]:
-            return [(e.step, round(e.value, 8)) for e in ea.Scalars("train/lr")]
-    return []
 
 
-def test_ddp_learning_rate_at_every_iteration_equals_one_process(tmp_path, fresh_cache):
-    from conftest import run_script
+@pytest.fixture(scope="module")
+def sse_rtd_launches(cache_dir, tmp_path_factory):
+    """SSE-RTD on 2 DDP processes, --rtd_overlap on then off (the second reuses the first's phase-I entry), the
+    device pipeline and the learning rate tracked at every iteration: (folder, flags)."""
+    root = tmp_path_factory.mktemp("ddp_sse_rtd")
     flags = ["--quiet", "--epochs", "3", "--cycle_epochs", "2", "--members", "2", "--lr_granularity", "iteration",
              "--with_tracking", "--data_pipeline", "device"]
-    _launch2("starsse.py", *flags, "--cache_dir", fresh_cache("a"), "--output_dir", tmp_path / "ddp")
-    r = run_script("starsse.py", "--cpu", *flags, "--cache_dir", fresh_cache("b"), "--output_dir", tmp_path / "one")
+    cache = copy_pretrained(cache_dir, root / "cache")
+    for mode in ("on", "off"):
+        _launch2("sse_rtd.py", *flags, "--cache_dir", cache, "--rtd_overlap", mode, "--output_dir", root / mode,
+                 env={"OMP_NUM_THREADS": "1"})
+    return root, flags
+
+
+def test_ddp_learning_rate_at_every_iteration_equals_one_process(sse_rtd_launches, fresh_cache):
+    from conftest import run_script
+    root, flags = sse_rtd_launches
+    r = run_script("sse_rtd.py", "--cpu", *flags, "--cache_dir", fresh_cache("b"), "--output_dir", root / "one")
     assert r.returncode == 0, r.stderr
-    ddp, one = _tb_lrs(str(tmp_path / "ddp")), _tb_lrs(str(tmp_path / "one"))
+    ddp, one = tb_lrs(str(root / "on")), tb_lrs(str(root / "one"))  # "on" trained phase I, "off" reused it
     assert len(one) == (3 + 2) * 3 and ddp == one  # 3 iterations per epoch in both: --batch_size is global
-    assert one[9][1] == 0.02 and one[8][1] < 0.001  # the cycle restarts at cycle_lr after phase I's last step
+    cycle_lr = settings(flags, "SSE-RTD", "sse_rtd.py").cycle_lr
+    assert one[9][1] == cycle_lr and one[8][1] < 0.001  # the cycle restarts at cycle_lr after phase I's last step
 
 
-def test_ddp_sse_rtd_with_the_overlap_asked_trains_as_without_it(tmp_path, fresh_cache):
+def test_ddp_sse_rtd_with_the_overlap_asked_trains_as_without_it(sse_rtd_launches):
     """Under DDP gradients are all-reduced in one backward, so --rtd_overlap on waits for the barcodes and runs one
     backward: the same members as --rtd_overlap off (a second, unsynchronised backward would let the processes'
     weights drift apart)."""
     import torch
 
     from lib.infra.files import load_weights
-    cache = fresh_cache("a")
-    flags = ["--quiet", "--epochs", "2", "--cycle_epochs", "2", "--members", "2", "--cache_dir", cache]
-    for mode in ("on", "off"):
-        _launch2("sse_rtd.py", *flags, "--rtd_overlap", mode, "--output_dir", tmp_path / mode,
-                 env={"OMP_NUM_THREADS": "1"})
-    a, b = load_weights(tmp_path / "on" / "member_2.safetensors"), load_weights(tmp_path / "off" / "member_2.safetensors")
+    root, _ = sse_rtd_launches
+    a, b = load_weights(root / "on" / "member_2.safetensors"), load_weights(root / "off" / "member_2.safetensors")
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
-    assert load_json(tmp_path / "on" / "metrics.json")["ensemble_accuracy"] == \
-        load_json(tmp_path / "off" / "metrics.json")["ensemble_accuracy"]
+    assert load_json(root / "on" / "metrics.json")["ensemble_accuracy"] == \
+        load_json(root / "off" / "metrics.json")["ensemble_accuracy"]
 
 
 def _fit_pipelined(out):

@@ -237,6 +237,7 @@ def test_export_is_self_contained_with_an_onnx_graph(run, script_here, tmp_path)
         load_ensemble(str(out))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet18", "timm/test_vit"])
 def test_onnx_export_of_a_torchvision_and_a_timm_ensemble(arch, script_here, tmp_path, monkeypatch):
     """A 2-member StarSSE of each family at 32 px, exported with --onnx: onnxruntime gives PyTorch's probabilities

@@ -6,14 +6,12 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import REPO, settings  # noqa: E402
+from conftest import needs_root, settings, signalled_at_start  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lib.infra.errors import UserError  # noqa: E402
@@ -78,7 +76,7 @@ def test_a_bad_cifar_c_labels_file_is_one_line(tmp_path, tiny, labels, message):
         tasks.load_eval_set(f"cifar-c:{root}", cfg, True, tasks.load_task(cfg))
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts a small tmpfs to fill")
+@needs_root("mounts a small tmpfs to fill")
 def test_a_full_disk_under_numpy_is_said_so(tmp_path):
     from lib.infra.errors import os_error_line
     from lib.infra.files import save_array, save_json
@@ -115,13 +113,10 @@ def test_members_trained_under_another_process_count_are_never_mixed(tmp_path, t
 
 
 def test_a_stop_signal_while_starting_is_one_line_and_exit_75(tmp_path, cache_dir):
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "starsse.py"), "--cpu", "--cache_dir",
-                             cache_dir, "--output_dir", str(tmp_path / "o")], stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # still importing torch
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 75 and err.strip() == ("stopped by SIGTERM while starting: nothing was written; re-run "
-                                                     "the same command")
+    r = signalled_at_start("starsse.py", signal.SIGTERM, "--cpu", "--cache_dir", cache_dir, "--output_dir",
+                           tmp_path / "o")
+    assert r.returncode == 75 and r.stderr.strip() == ("stopped by SIGTERM while starting: nothing was written; "
+                                                       "re-run the same command"), r.stderr
     assert not (tmp_path / "o").exists()
 
 

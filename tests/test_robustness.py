@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, run_script, run_scripts
+from conftest import INTERRUPTED, REPO, needs_root, run_script, run_scripts, signalled_at_start
 
 from lib.infra.files import load_json, save_weights
 
@@ -133,6 +133,7 @@ def test_everything_is_checked_before_anything_is_written(tmp_path, cache_dir):
     assert a_file.read_text() == "x"
 
 
+@pytest.mark.slow
 def test_batch_size_not_divisible_by_the_processes_is_refused_first(tmp_path, cache_dir):
     from conftest import ACCELERATE
     env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
@@ -150,6 +151,7 @@ def _mount_tmpfs(path, options):
     assert r.returncode == 0, f"these tests mount a small tmpfs as root: {r.stderr}"
 
 
+@needs_root("mounts a full and a read-only tmpfs")
 def test_full_disk_and_read_only_folder_are_one_line(tmp_path, cache_dir):
     full, ro = tmp_path / "full", tmp_path / "ro"
     _mount_tmpfs(full, "size=8m")  # a 2-member resnet_mini run: 0.7 MB of weights a member, 1.5 MB a resume point
@@ -170,12 +172,9 @@ def test_full_disk_and_read_only_folder_are_one_line(tmp_path, cache_dir):
 
 
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, cache_dir):
-    proc = subprocess.Popen([sys.executable, os.path.join(REPO, "scripts", "starsse.py"), "--cpu", "--cache_dir",
-                             cache_dir, "--output_dir", str(tmp_path / "o")], stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)  # still importing torch
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip() == "interrupted while starting: nothing was written"
+    r = signalled_at_start("starsse.py", signal.SIGINT, "--cpu", "--cache_dir", cache_dir, "--output_dir",
+                           tmp_path / "o")
+    assert r.returncode == 130 and r.stderr.strip() == "interrupted while starting: nothing was written", r.stderr
     assert not (tmp_path / "o").exists()
 
 
@@ -191,14 +190,13 @@ def test_leftovers_of_a_killed_process_are_cleaned_at_the_next_start(two_runs):
     assert len(set(modes.values())) == 1, modes  # weight files have the permissions of the rest of the run
 
 
-def test_preempted_run_resumes_to_the_same_result(tmp_path, fresh_cache):
+@pytest.mark.slow
+def test_preempted_run_resumes_to_the_same_result(tmp_path, fresh_cache, uninterrupted):
     """SIGTERM (what Slurm sends) mid-run: the current step finishes, the resume point is written, exit 75; the same
     command resumes mid-epoch and ends identical to an uninterrupted run."""
-    flags = ["--cpu", "--quiet", "--epochs", "3", "--cycle_epochs", "2", "--members", "2", "--labels_per_class", "12"]
-    ref = run_script("starsse.py", *flags, "--cache_dir", fresh_cache("c1"), "--output_dir", tmp_path / "ref")
-    assert ref.returncode == 0, ref.stderr
-    out, cache = tmp_path / "pre", fresh_cache("c2")
-    cmd = [sys.executable, os.path.join(REPO, "scripts", "starsse.py"), *flags, "--cache_dir", cache, "--output_dir", str(out)]
+    ref, out, cache = uninterrupted, tmp_path / "pre", fresh_cache("c2")
+    cmd = [sys.executable, os.path.join(REPO, "scripts", "starsse.py"), *INTERRUPTED, "--cache_dir", cache,
+           "--output_dir", str(out)]
     def points():
         return {(f, os.stat(f).st_mtime_ns) for f in glob.glob(f"{cache}/**/*.resume.pt", recursive=True) +
                 glob.glob(str(out / "*.resume.pt")) if os.path.exists(f)}
@@ -216,14 +214,15 @@ def test_preempted_run_resumes_to_the_same_result(tmp_path, fresh_cache):
         assert proc.returncode == 75 and err.strip().startswith("preempted: ") and "Traceback" not in err, err
         stops += 1
     assert proc.returncode == 0 and stops >= 2
-    a, b = load_json(tmp_path / "ref" / "metrics.json"), load_json(out / "metrics.json")
+    a, b = load_json(ref / "metrics.json"), load_json(out / "metrics.json")
     assert a["member_accuracy"] == b["member_accuracy"] and a["nll"] == b["nll"]
     for i in (1, 2):
-        assert np.array_equal(np.load(tmp_path / "ref" / f"member_{i}_probs.npy"), np.load(out / f"member_{i}_probs.npy"))
+        assert np.array_equal(np.load(ref / f"member_{i}_probs.npy"), np.load(out / f"member_{i}_probs.npy"))
     rec = load_json(out / "member_2.json")
     assert [h["epoch"] for h in rec["history"]] == [1, 2] and rec["seconds_per_epoch"] is not None
 
 
+@pytest.mark.slow
 def test_truncated_resume_point_after_a_stop_is_one_line_and_the_run_finishes(tmp_path, fresh_cache):
     """SIGTERM mid-cycle, then `truncate -s 1000 member_2.resume.pt`: the re-run says in one line (naming the file)
     that the resume point is damaged, trains member 2 again from its start and finishes (exit 0, no traceback)."""

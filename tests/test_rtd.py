@@ -140,6 +140,7 @@ def test_bad_input():
         distance_matrix(torch.zeros(4, 2), normalize="median")
 
 
+@pytest.mark.slow
 def test_worker_process_starts_from_any_folder(tmp_path):
     """The barcode worker imports this repository's lib wherever the caller runs from (a script started from
     another folder), and gives the barcodes computed here."""

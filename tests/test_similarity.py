@@ -51,6 +51,7 @@ def test_mse_term_by_hand():
     assert not reg.reference.training
 
 
+@pytest.mark.slow
 def test_sse_rtd_regularises_only_cycles_and_keeps_model_1(tmp_path, tiny):
     base = tiny + ["--batch_size", "40"]  # the whole 40-image training set in one batch: RTD on 40 points
     out = {}
@@ -70,6 +71,7 @@ def test_sse_rtd_regularises_only_cycles_and_keeps_model_1(tmp_path, tiny):
     assert load_json(tmp_path / "mse" / "metrics.json")["method"] == "SSE-MSE"
 
 
+@pytest.mark.slow
 def test_star_variant_starts_every_cycle_from_model_1(tmp_path, tiny):
     flags = tiny + ["--output_dir", tmp_path / "star"]
     _sse_rtd(flags, "mse", 0.0, star=True)
@@ -207,6 +209,7 @@ def _fit_rtd(model1, start, data, steps, epochs, resume_path, pipeline, lr=0.3, 
     return trained.state_dict(), history
 
 
+@pytest.mark.slow
 def test_pipelined_rtd_is_the_one_step_delayed_computation(tmp_path):
     """--rtd_pipeline equals, bit for bit, the sequential code run with the bars delayed by hand: the loss of step t
     reads step t's distance matrices at the edges of the barcodes of batch t under the weights before step t-1's

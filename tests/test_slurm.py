@@ -8,7 +8,8 @@
 - a failed stage-1 task cancels every later stage, and the runner says so task by task;
 - sweeps/slurm_multinode.sbatch on two nodes (one accelerate launch per node, gloo on CPU) trains exactly as one
   two-process launch.
-If Slurm cannot be installed or started, these tests fail (they never skip).
+As root (CI) they always run: if Slurm cannot be installed or started, they fail. As another user they are skipped
+with one line (cluster.sh installs slurm-wlm with apt-get and runs munged and the Slurm daemons as root).
 """
 import glob
 import os
@@ -22,10 +23,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ACCELERATE, PY, REPO
+from conftest import ACCELERATE, PY, REPO, copy_pretrained, needs_root, tb_lrs
 
 from lib.infra.files import load_json, load_weights
 
+pytestmark = [needs_root("a Slurm cluster on this machine (tests/slurm/cluster.sh installs slurm-wlm with apt-get "
+                         "and starts munged, slurmctld and slurmd as root)"),
+              pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one worker: one cluster, started once
 CLUSTER = os.path.join(REPO, "tests", "slurm", "cluster.sh")
 # one thread per task: the two nodes share this machine's 2 cores, and local and Slurm runs then compute alike
 THREADS = {"OMP_NUM_THREADS": "1"}
@@ -106,11 +110,6 @@ def table(report):
     keep = [i for i, name in enumerate(rows[0]) if "time" not in name]
     assert len(keep) < len(rows[0])
     return [[row[i] for i in keep] for row in rows]
-
-
-def copy_pretrained(cache_dir, dest):
-    shutil.copytree(os.path.join(cache_dir, "pretrained"), os.path.join(dest, "pretrained"))
-    return str(dest)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -290,17 +289,6 @@ def test_a_failed_stage_one_task_cancels_every_later_stage(slurm, tmp_path):
     assert not any((tmp_path / f).exists() for f in ("m1", "m2", "report", "p1"))
 
 
-def tb_lrs(folder):
-    """The learning rate at every iteration from TensorBoard, over all the event files of a run (a requeued run
-    writes one per start)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    found = {}
-    for f in sorted(glob.glob(os.path.join(folder, "tensorboard", "**", "events*"), recursive=True)):
-        ea = EventAccumulator(f)
-        ea.Reload()
-        if "train/lr" in ea.Tags()["scalars"]:
-            found.update({e.step: round(e.value, 8) for e in ea.Scalars("train/lr")})
-    return sorted(found.items())
 
 
 def test_multinode_sbatch_trains_as_one_two_process_launch(slurm, cache_dir, tmp_path):

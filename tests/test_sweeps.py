@@ -249,6 +249,7 @@ def mini_sweep(tmp_path, body, **env):
                           timeout=120, cwd=tmp_path)
 
 
+@pytest.mark.slow
 def test_local_runner_runs_stages_in_order_and_n_at_a_time(tmp_path):
     log = tmp_path / "log"
     # each command appends "start i" and "end i" (with a pause between): JOBS=2 overlaps two commands of a stage,

@@ -57,6 +57,7 @@ class ImageSource:
         return to_rgb(self._decoded(self._raw(i), i))
 
     def _decoded(self, raw, i):
+        image = None
         try:
             image = self._open(raw)
             image.load()
@@ -64,6 +65,8 @@ class ImageSource:
         except UserError:
             raise
         except Exception as e:  # PIL raises OSError, SyntaxError, ValueError ... for broken files
+            if image is not None:
+                image.close()  # the broken file's handle now, not at garbage collection
             raise UserError(f"{self.where(i)} cannot be decoded ({type(e).__name__}: {e})") from None
 
 
@@ -151,10 +154,11 @@ def scan(source, cache_dir=None):
     rows = np.zeros((len(source), 3), dtype=np.int64)
     for i, raw in enumerate(source._raws()):
         try:
-            image = source._open(raw)
-            rows[i] = image.height, image.width, image.mode != "RGB"
-            image.verify()  # PNG: every chunk's CRC
-            source._open(raw).load()  # the whole decode: a truncated JPEG passes verify, not load
+            with source._open(raw) as image:
+                rows[i] = image.height, image.width, image.mode != "RGB"
+                image.verify()  # PNG: every chunk's CRC
+            with source._open(raw) as image:
+                image.load()  # the whole decode: a truncated JPEG passes verify, not load
         except UserError:
             raise
         except Exception as e:

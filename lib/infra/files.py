@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import pathlib
 import shutil
 import tempfile
 
@@ -108,7 +109,7 @@ def _seal_path(path):
 def seal(path):
     """Write `path`'s sha256 beside it (<path>.sha256): cache entries that must never be used damaged."""
     digest = file_sha256(path)
-    atomic_write(_seal_path(path), lambda tmp: open(tmp, "w").write(digest + "\n"))
+    atomic_write(_seal_path(path), lambda tmp: pathlib.Path(tmp).write_text(digest + "\n"))
 
 
 def intact(path, unsealed=False):
