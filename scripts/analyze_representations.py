@@ -8,7 +8,7 @@ and the cosine similarity of all flattened weights.
     python scripts/analyze_representations.py runs/cifar100/grid --group_by method cycle_lr cycle_epochs \\
         --data_dir /data --out runs/cifar100/report_representations_grid                  # figure 4.5, by setting
 
-Writes <out>/representations.csv (tidy: one row per run, member, stage and metric; columns in the README),
+Writes <out>/representations.csv (tidy: one row per run, member, stage and metric; columns in docs/analyses.md),
 representations.png (rows RTD, MSE, Wasserstein-2 of the outputs and MSE of the weights; one column per stage),
 representations_avgpool.png (figure 4.2: AvgPool output, fc weights, weight cosine) and representations.md.
 Points are coloured by member index (one group of runs) or by group (several: e.g. local / optimal / semi-local

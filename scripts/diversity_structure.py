@@ -9,7 +9,7 @@ over several. Runs of one architecture.
     python scripts/diversity_structure.py runs/cifar100/grid/sse-lr* runs/cifar100/grid/starsse-lr* \
         --out runs/cifar100/report_diversity_structure
 
-Writes <out>/diversity_pairs.csv (one row per pair of members; columns in the README), diversity_cosine.png
+Writes <out>/diversity_pairs.csv (one row per pair of members; columns in docs/analyses.md), diversity_cosine.png
 (figure 6.2: every pair, one colour per run), diversity_cosine_runs.png (figure 6.4: one row per run for the first
 --rows runs: all pairs, pairs with member 1, the other pairs), diversity_structure.json (the correlations) and
 diversity_structure.md (with table 6.2 for the first --matrices runs). Diversity as lib.evaluation.metrics (100 *

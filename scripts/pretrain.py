@@ -5,7 +5,7 @@
 
 Each seed gives an independently pre-trained checkpoint in torchvision's key layout without `fc`, like the
 BYOL ResNet-50 checkpoints of the paper. `--method supervised` pre-trains on the pool's labels instead.
-The real setup starts from downloaded ImageNet checkpoints instead (see README).
+The real setup starts from downloaded ImageNet checkpoints instead (docs/reproducing.md).
 """
 import argparse
 import os

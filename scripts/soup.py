@@ -38,6 +38,7 @@ from lib.evaluation.results import core_metrics, member_digests, write_metrics  
 from lib.runs.rundir import open_run  # noqa: E402
 from lib.training.loop import make_accelerator  # noqa: E402
 
+
 def soup_keys(mode, p, labels):
     return R.within(R.SOUP, {"acc": metrics.accuracy(p, labels), "nll": metrics.nll(p, labels),
                              "ece": metrics.ece(p, labels)}, mode=mode)

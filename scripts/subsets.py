@@ -8,7 +8,7 @@ and the worse half; the worst and best 5 %.
 
 StarSSE runs keep member 1 in every subset (--fix_first auto; the thesis: C(14,4) = 1001 per 15-member run), other
 methods take every subset (Local DE: C(15,5) = 3003). The subsets of the runs of one group (--group_by) are pooled,
-as the thesis pools its two runs. Writes <out>/subsets.csv (one row per subset; columns in the README), subsets.png
+as the thesis pools its two runs. Writes <out>/subsets.csv (one row per subset; columns in docs/analyses.md), subsets.png
 (figure 6.1: average member accuracy against diversity, coloured by ensemble accuracy, the best 5 % marked x; the
 SVM line, solid, and its margins, dashed), subsets.md (table 6.1) and subsets.json.
 """

@@ -11,11 +11,11 @@ import torchvision.transforms as T
 
 from lib.data.device import DeviceImages
 from lib.data.tasks import (
-    CIFAR100_MEAN,
-    CIFAR100_STD,
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
     augment_spec,

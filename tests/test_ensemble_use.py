@@ -26,6 +26,7 @@ from lib.infra.errors import UserError
 from lib.infra.files import load_json
 from lib.runs.rundir import open_run
 
+
 @pytest.fixture(scope="module")
 def run(cache_dir, tmp_path_factory):
     """A finished StarSSE run of 3 resnet_mini members on the embedded digits, with a validation split."""

@@ -11,11 +11,11 @@ import time
 import numpy as np
 from sklearn.svm import LinearSVC
 
+from lib.analysis.report import regime
 from lib.evaluation import metrics
 from lib.infra.errors import check
 from lib.infra.figures import pyplot, save_figure
 from lib.infra.files import save_json, write_csv
-from lib.analysis.report import regime
 from lib.runs.rundir import check_one_arch, find_runs, open_run, run_info
 from lib.settings import methods
 from lib.settings.schema import LEGACY, NON_RESULT_KEYS

@@ -11,8 +11,15 @@ import re
 import torch
 import torch.nn.functional as F
 
-from lib.core.rtd import (NORMALIZATIONS, VARIANTS, Barcodes, distance_matrix, rtd_barcodes_async, rtd_loss,
-                          rtd_loss_async)
+from lib.core.rtd import (
+    NORMALIZATIONS,
+    VARIANTS,
+    Barcodes,
+    distance_matrix,
+    rtd_barcodes_async,
+    rtd_loss,
+    rtd_loss_async,
+)
 from lib.infra.errors import check
 from lib.infra.seeding import seed_for
 from lib.models.backbones import STAGE_NAME, arch_stages

@@ -23,8 +23,17 @@ import torch.nn as nn
 import torchvision.transforms as T
 
 from lib.data import sources
-from lib.data.tasks import (CIFAR_STATS, IMAGENET_MEAN, IMAGENET_STD, Augment, augment_spec, digits_normalize,
-                            load_task, model_data_config, torchvision_transforms)
+from lib.data.tasks import (
+    CIFAR_STATS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Augment,
+    augment_spec,
+    digits_normalize,
+    load_task,
+    model_data_config,
+    torchvision_transforms,
+)
 from lib.ensemble.soup import run_soup
 from lib.evaluation.evaluate import member_models, run_settings
 from lib.infra.errors import UserError, check
