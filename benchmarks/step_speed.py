@@ -9,6 +9,9 @@ torch.compile's compile time and cuDNN's autotuning), the compile time (1st epoc
     python benchmarks/step_speed.py --device cuda              # gpu_check.sh: ResNet-50, 224 px, batch 256
     python benchmarks/step_speed.py --device cuda --arch timm/vit_small_patch16_224
     python benchmarks/step_speed.py --smoke                    # CPU, tiny: checks that every variant runs
+
+Measured on one H200 (2026-12-04, `--device cuda --images 7680`, ResNet-50 224 px batch 256): eager fp16 4888
+images/s, eager bf16 x0.91, compile fp16 x1.16 (53 s to compile), compile bf16 x1.24 (45 s).
 """
 import argparse
 import json
