@@ -1,3 +1,5 @@
+import contextlib
+import gc
 import os
 import subprocess
 import sys
@@ -29,6 +31,23 @@ def needs_root(what):
     return pytest.mark.skipif(os.geteuid() != 0, reason=f"needs root: {what}")
 
 
+@contextlib.contextmanager
+def mounted_tmpfs(path, options):
+    """A tmpfs mounted at `path` (created) for the block (root only: see needs_root). Unmounted after it; if a file
+    in it is still open, unmounted lazily all the same (never left behind) and the block fails: something leaked."""
+    os.makedirs(path)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, f"could not mount a tmpfs at {path}: {r.stderr}"
+    try:
+        yield path
+    finally:
+        gc.collect()
+        busy = subprocess.run(["umount", str(path)], capture_output=True, text=True).returncode != 0
+        if busy:
+            subprocess.run(["umount", "--lazy", str(path)])
+    assert not busy, f"{path} was still in use when the block ended: a file in it was left open"
+
+
 def run_script(script, *args, env=None, cwd=REPO, fresh=False):
     """Run scripts/<script> as `python scripts/<script> args` would; returns a CompletedProcess with text output.
 
@@ -45,7 +64,6 @@ def _run_in_process(path, args, cwd):
     """runpy under the script's argv, folder and streams; everything a script may change in the process (working
     folder, environment, signal handlers, warning filters, sys.path, torch's threads, accelerate's singletons, the
     preemption flag) is put back afterwards, so that the next script starts as a fresh interpreter would."""
-    import contextlib
     import io
     import runpy
     import signal
@@ -89,6 +107,9 @@ def _run_in_process(path, args, cwd):
         preemption._requested.clear()
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
+        # what a process's exit frees: a failed run's traceback keeps its frames' open files and mappings alive in
+        # reference cycles (a tmpfs a test mounted would then refuse to unmount)
+        gc.collect()
     return subprocess.CompletedProcess([PY, path, *args], code, out.getvalue(), err.getvalue())
 
 

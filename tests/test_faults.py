@@ -5,13 +5,12 @@ the input size, and damaged cache entries of every kind."""
 import os
 import shutil
 import signal
-import subprocess
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import needs_root, settings, signalled_at_start  # noqa: E402
+from conftest import mounted_tmpfs, needs_root, settings, signalled_at_start  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from lib.infra.errors import UserError  # noqa: E402
@@ -81,17 +80,14 @@ def test_a_full_disk_under_numpy_is_said_so(tmp_path):
     from lib.infra.errors import os_error_line
     from lib.infra.files import save_array, save_json
     full = tmp_path / "full"
-    full.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], check=True)
-    try:
+    with mounted_tmpfs(full, "size=64k"):
         save_json(full / "good.json", {"a": 1})
         with pytest.raises(OSError) as e:
             save_array(str(full / "a.npy"), np.zeros(100_000, np.float32))
         assert os_error_line(e.value) == (f"the disk is full (writing {full / 'a.npy'}); free some space and re-run "
                                           f"the same command to resume")
         assert sorted(os.listdir(full)) == ["good.json"]  # nothing half-written, the good file kept
-    finally:
-        subprocess.run(["umount", str(full)])
+        del e
 
 
 def test_members_trained_under_another_process_count_are_never_mixed(tmp_path, tiny):

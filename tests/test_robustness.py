@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import INTERRUPTED, REPO, needs_root, run_script, run_scripts, signalled_at_start
+from conftest import INTERRUPTED, REPO, mounted_tmpfs, needs_root, run_script, run_scripts, signalled_at_start
 
 from lib.infra.files import load_json, save_weights
 
@@ -145,18 +145,11 @@ def test_batch_size_not_divisible_by_the_processes_is_refused_first(tmp_path, ca
     assert not (tmp_path / "o").exists()
 
 
-def _mount_tmpfs(path, options):
-    path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
-    assert r.returncode == 0, f"these tests mount a small tmpfs as root: {r.stderr}"
-
-
 @needs_root("mounts a full and a read-only tmpfs")
 def test_full_disk_and_read_only_folder_are_one_line(tmp_path, cache_dir):
     full, ro = tmp_path / "full", tmp_path / "ro"
-    _mount_tmpfs(full, "size=8m")  # a 2-member resnet_mini run: 0.7 MB of weights a member, 1.5 MB a resume point
-    _mount_tmpfs(ro, "ro,size=64k")
-    try:
+    # a 2-member resnet_mini run: 0.7 MB of weights a member, 1.5 MB a resume point
+    with mounted_tmpfs(full, "size=8m"), mounted_tmpfs(ro, "ro,size=64k"):
         flags = ["--cpu", "--quiet", "--epochs", "1", "--cycle_epochs", "1", "--members", "2", "--cache_dir", cache_dir]
         (full / "ballast").write_bytes(b"\0" * 7_800_000)  # room for the config and labels, not for a member
         r = run_script("starsse.py", *flags, "--output_dir", full / "run")
@@ -166,9 +159,6 @@ def test_full_disk_and_read_only_folder_are_one_line(tmp_path, cache_dir):
         r = run_script("starsse.py", *flags, "--output_dir", full / "run")  # room again: the same command finishes
         assert r.returncode == 0, r.stderr
         _one_error_line(run_script("starsse.py", *flags, "--output_dir", ro / "run"), "read-only file system")
-    finally:
-        subprocess.run(["umount", str(full)])
-        subprocess.run(["umount", str(ro)])
 
 
 def test_ctrl_c_during_start_up_is_one_line(tmp_path, cache_dir):
