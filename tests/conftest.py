@@ -93,9 +93,11 @@ def _run_in_process(path, args, cwd):
                 if isinstance(e.code, str):  # sys.exit("message"): the interpreter prints it, status 1
                     print(e.code, file=sys.stderr)
                 code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            except Exception:  # an uncaught exception: a traceback and status 1, as python prints it
+                _release_frames(e)
+            except Exception as e:  # an uncaught exception: a traceback and status 1, as python prints it
                 traceback.print_exc()
                 code = 1
+                _release_frames(e)
     finally:
         sys.argv, sys.path[:] = saved["argv"], saved["path"]
         os.chdir(saved["cwd"])
@@ -107,9 +109,6 @@ def _run_in_process(path, args, cwd):
         preemption._requested.clear()
         AcceleratorState._reset_state(True)
         GradientState._reset_state()
-        # what a process's exit frees: a failed run's traceback keeps its frames' open files and mappings alive in
-        # reference cycles (a tmpfs a test mounted would then refuse to unmount)
-        gc.collect()
     return subprocess.CompletedProcess([PY, path, *args], code, out.getvalue(), err.getvalue())
 
 
@@ -138,6 +137,17 @@ def signalled_at_start(script, sig, *args):
             f"errors.interrupt_quietly = lambda: (real(), os.kill(os.getpid(), {int(sig)})); "
             f"sys.argv = {[path, *map(str, args)]!r}; runpy.run_path({path!r}, run_name='__main__')")
     return subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=120)
+
+
+def _release_frames(exc):
+    """What a process's exit frees: the frames of a finished run's exception chain (a failed run's traceback keeps its
+    locals, open files and mappings among them, alive until a garbage collection)."""
+    import traceback
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__context__ or exc.__cause__
 
 
 def _interpreter_warning_filters():
