@@ -229,10 +229,12 @@ def test_tensorboard_logs_every_term(tmp_path, tiny, fresh_cache):
     assert [round(v, 6) for _, v in sorted(lrs)] == [0.01] * 3 + [0.005] * 3 + [0.02] * 3
 
 
-def test_standard_sse_first_cycle_follows_the_cycle_schedule(tmp_path, tiny):
+def test_standard_sse_first_cycle_follows_the_cycle_schedule(tmp_path, tiny, fresh_cache):
     """Standard SSE (thesis figure 2.2): member 1 is a cycle like every other (cycle_lr over cycle_epochs) from the
-    pre-trained checkpoint, not phase I; the later cycles continue its trajectory as SSE's do."""
-    r = run_script("sse.py", *tiny, "--standard", "--with_tracking", "--members", "2", "--output_dir", tmp_path / "std")
+    pre-trained checkpoint, not phase I; the later cycles continue its trajectory as SSE's do. Its own cache: member 1
+    must be trained here, not reused from another test's run, for its learning rates to be logged."""
+    r = run_script("sse.py", *tiny, "--standard", "--with_tracking", "--members", "2", "--cache_dir", fresh_cache(),
+                   "--output_dir", tmp_path / "std")
     assert r.returncode == 0, r.stderr
     rec = [load_json(tmp_path / "std" / f"member_{i}.json") for i in (1, 2)]
     assert rec[0]["epochs"] == rec[1]["epochs"] == 1 and rec[0]["lr_start"] == rec[1]["lr_start"] == pytest.approx(0.02)
