@@ -5,7 +5,7 @@
 #   smoke       tiny runs of every benchmark on the GPU (~1 min): stops here when one fails, before lent time is spent
 #   starsse     a whole paper-size StarSSE (5 members, 25 + 4 x 12 epochs, ResNet-50 224 px, batch 256, fp16, device
 #               pipeline) on a CIFAR-100-shaped set: wall time, images/s, time outside training (target < 10 min)
-#   rtd         SSE-RTD / SSE-MSE step cost against SSE at batch 256, 224 px, sequential and overlapped barcodes
+#   rtd         SSE-RTD / SSE-MSE step cost against SSE at batch 256, 224 px: sequential, overlapped, pipelined barcodes
 #   speed       lib.training.loop.fit eager vs torch.compile, fp16 vs bf16 (ResNet-50 224 px batch 256), compile time included
 #   throughput  lib.training.loop.fit against a bare PyTorch loop; a short StarSSE command's wall time
 #   freeze      frozen-stage step time and memory at 224 px
@@ -38,7 +38,7 @@ part smoke 120 "every benchmark, tiny, on the GPU" bash -c "$PY benchmarks/paper
   --arch resnet_mini --size 32 --batch 32 --images 256 --variants 'eager fp16' 'eager bf16'"
 if [ $failed = 1 ]; then echo "!! smoke failed: nothing else run"; exit 1; fi
 part starsse 720 "paper-size StarSSE end to end" $PY benchmarks/paper_starsse.py $STARSSE_ARGS
-part rtd 240 "SSE-RTD and SSE-MSE step cost (sequential and overlapped barcodes)" \
+part rtd 240 "SSE-RTD and SSE-MSE step cost (sequential, overlapped and pipelined barcodes)" \
   $PY benchmarks/sse_rtd_step_cost.py --device cuda
 part speed 300 "torch.compile and bf16 against eager fp16" $PY benchmarks/step_speed.py --device cuda $SPEED_ARGS
 part throughput 240 "lib.training.loop.fit against a bare loop; a short StarSSE" $PY benchmarks/gpu_check.py
