@@ -230,5 +230,5 @@ def parse(flags, script=None):
 
 @pytest.fixture
 def script_here():
-    """run_script in this process (kept as a fixture for the tests that name it)."""
-    return lambda name, *args: _run_in_process(os.path.join(REPO, "scripts", name), [str(a) for a in args], REPO)
+    """run_script (in this process), as a fixture for the tests that name it."""
+    return run_script

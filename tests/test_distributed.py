@@ -113,8 +113,6 @@ def test_member_parallel_is_refused_where_members_depend_on_earlier_ones(tmp_pat
         assert not (tmp_path / "o").exists()
 
 
-
-
 @pytest.fixture(scope="module")
 def sse_rtd_launches(cache_dir, tmp_path_factory):
     """SSE-RTD on 2 DDP processes, --rtd_overlap on then off (the second reuses the first's phase-I entry), the

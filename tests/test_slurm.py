@@ -289,8 +289,6 @@ def test_a_failed_stage_one_task_cancels_every_later_stage(slurm, tmp_path):
     assert not any((tmp_path / f).exists() for f in ("m1", "m2", "report", "p1"))
 
 
-
-
 def test_multinode_sbatch_trains_as_one_two_process_launch(slurm, cache_dir, tmp_path):
     """sweeps/slurm_multinode.sbatch on 2 nodes: srun starts `accelerate launch --num_machines 2 --machine_rank
     $SLURM_NODEID` on each (one process each, gloo on CPU), preempted once (USR1) and requeued; against one
